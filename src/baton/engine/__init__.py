@@ -1,0 +1,1 @@
+"""The engine: replaying workflows, executing steps, leases and workers."""

@@ -1,0 +1,144 @@
+"""The workflow's only door to the world.
+
+Every method records what it did in the run's journal the first time, and on replay
+returns the recorded answer without doing it again. In an ``async def`` workflow,
+``call``, ``sleep`` and ``wait_for`` return awaitables; in a plain ``def`` workflow they
+block and return the value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid as _uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from ..journal import events as ev
+from ..tools import Tool
+from .execution import Execution, _Suspend
+
+
+class Context:
+    """Passed as the first argument to every workflow."""
+
+    def __init__(self, execution: Execution, *, is_async: bool) -> None:
+        self._x = execution
+        self._async = is_async
+
+    @property
+    def run_id(self) -> str:
+        return self._x.run_id
+
+    @property
+    def is_replaying(self) -> bool:
+        """True while the workflow is passing through steps the journal already holds."""
+        return self._x.position < max(self._x.state.steps, default=0)
+
+    def call(self, tool: Tool[Any, Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Run ``tool`` as a durable step and return its result (or raise ``StepError``).
+
+        The tool receives ``idempotency_key`` (stable for this run and step) if its
+        signature asks for one.
+        """
+        if not isinstance(tool, Tool):
+            raise TypeError(f"ctx.call expects a function decorated with @tool, got {tool!r}")
+        step_id, plan = self._x.plan_call(tool, args, kwargs)
+        if self._async:
+            return self._x.run_call_async(tool, step_id, plan)
+        return self._x.run_call_sync(tool, step_id, plan)
+
+    def sleep(self, seconds: float) -> Any:
+        """A durable timer: the run may be suspended and resumed by any worker when it fires."""
+        wait = self._timer(float(seconds))
+        if self._async:
+            return self._async_sleep(wait)
+        if wait is not None:
+            self._x.clock.sleep(wait[1])
+            self._fire(wait[0])
+        return None
+
+    async def _async_sleep(self, wait: tuple[int, float] | None) -> None:
+        if wait is not None:
+            await asyncio.sleep(wait[1])
+            self._fire(wait[0])
+
+    def _timer(self, seconds: float) -> tuple[int, float] | None:
+        """Returns ``None`` if the timer already fired, else (step, seconds to wait here)."""
+        x = self._x
+        step_id, rec = x.next_step("sleep", "sleep")
+        if rec is not None and rec.fired:
+            return None
+        x.before_new_work(step_id)
+        if rec is None:
+            x.append([ev.TimerSet(step_id=step_id, fire_at=x.clock.time() + seconds)])
+            rec = x.state.steps[step_id]
+        assert rec.fire_at is not None
+        remaining = max(0.0, rec.fire_at - x.clock.time())
+        if remaining > x.settings.short_sleep:
+            raise _Suspend()
+        return step_id, remaining
+
+    def _fire(self, step_id: int) -> None:
+        self._x.before_new_work(step_id)
+        self._x.append([ev.TimerFired(step_id=step_id)])
+
+    def wait_for(self, name: str, *, timeout: float | None = None, default: Any = None) -> Any:
+        """Wait durably for the signal ``name`` (``baton signal RUN NAME --data JSON``) and
+        return its data; after ``timeout`` seconds, return ``default``."""
+        value = self._wait(name, timeout, default)
+        if self._async:
+            return _ready(value)
+        return value
+
+    def _wait(self, name: str, timeout: float | None, default: Any) -> Any:
+        x = self._x
+        step_id, rec = x.next_step("wait", name)
+        if rec is not None and rec.completed:
+            return rec.result
+        if rec is not None and rec.fired:
+            return default
+        x.before_new_work(step_id)
+        events: list[ev.Event] = []
+        if rec is None:
+            timeout_at = x.clock.time() + timeout if timeout is not None else None
+            events.append(ev.SignalAwaited(step_id=step_id, name=name, timeout_at=timeout_at))
+        else:
+            timeout_at = rec.timeout_at
+        for signal in x.store.pending_signals(x.run_id):
+            if signal.name == name:
+                data = json.loads(signal.data)
+                events.append(ev.SignalReceived(step_id=step_id, name=name, data=data,
+                                                signal_id=signal.signal_id))
+                x.append(events)
+                return data
+        if timeout_at is not None and x.clock.time() >= timeout_at:
+            x.append([*events, ev.TimerFired(step_id=step_id)])
+            return default
+        if events:
+            x.append(events)
+        raise _Suspend()
+
+    def now(self) -> datetime:
+        """The current time, recorded once: replay returns the same instant."""
+        x = self._x
+        step_id, rec = x.next_step("now", "now")
+        if rec is not None:
+            return datetime.fromtimestamp(rec.result, UTC)
+        value = x.clock.time()
+        x.buffer(ev.ValueRecorded(step_id=step_id, kind="now", value=value))
+        return datetime.fromtimestamp(value, UTC)
+
+    def uuid(self) -> _uuid.UUID:
+        """A random UUID, recorded once: replay returns the same one."""
+        x = self._x
+        step_id, rec = x.next_step("uuid", "uuid")
+        if rec is not None:
+            return _uuid.UUID(rec.result)
+        value = _uuid.uuid4()
+        x.buffer(ev.ValueRecorded(step_id=step_id, kind="uuid", value=str(value)))
+        return value
+
+
+async def _ready(value: Any) -> Any:
+    return value

@@ -1,0 +1,57 @@
+"""Who holds a run, and whether that process is still alive.
+
+An owner id is ``host:pid:start:nonce``. On the same host, a dead owner is noticed at once
+(its pid is gone, or now belongs to a process that started at another time), so SQLite
+users never wait for a lease to run out after a crash. Elsewhere, the lease decides.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from pathlib import Path
+
+_HOST = socket.gethostname().replace(":", "_")
+
+
+def _start_ticks(pid: int) -> str | None:
+    """The process start time in clock ticks since boot, from ``/proc`` (Linux)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def new_owner_id() -> str:
+    pid = os.getpid()
+    return f"{_HOST}:{pid}:{_start_ticks(pid) or '-'}:{secrets.token_hex(3)}"
+
+
+def owner_alive(owner: str) -> bool | None:
+    """``True``/``False`` when we can tell (same host), ``None`` when only the lease can."""
+    try:
+        host, pid_text, start, _nonce = owner.split(":")
+        pid = int(pid_text)
+    except ValueError:
+        return None
+    if host != _HOST:
+        return None
+    if start != "-":
+        return _start_ticks(pid) == start
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def describe_owner(owner: str | None) -> str:
+    if not owner:
+        return "nobody"
+    parts = owner.split(":")
+    return f"pid {parts[1]} on {parts[0]}" if len(parts) == 4 else owner

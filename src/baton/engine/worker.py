@@ -1,0 +1,80 @@
+"""``baton worker``: execute every runnable run, and take over runs whose owner died."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+from .execution import Listener
+from .owner import owner_alive
+
+if TYPE_CHECKING:
+    from ..runtime import Baton
+
+log = logging.getLogger("baton.worker")
+
+
+class Worker:
+    """Runs up to ``concurrency`` runs at once in this process. Many workers, in many
+    processes, may share one database: each run is claimed by one of them at a time."""
+
+    def __init__(self, baton: Baton, *, concurrency: int = 1, listener: Listener | None = None) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.baton = baton
+        self.concurrency = concurrency
+        self.listener = listener
+        self.stop_event = threading.Event()
+        self.executed = 0
+
+    def stop(self) -> None:
+        """Finish the runs in hand (each to its next stopping point), take no new ones."""
+        self.stop_event.set()
+
+    def run(self, *, until_idle: bool = False) -> int:
+        """Work until :meth:`stop` (or, with ``until_idle``, until nothing is runnable and
+        no run is waiting to be taken over). Returns how many executions it made."""
+        in_hand: dict[str, Future[object]] = {}
+        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="baton-run") as pool:
+            while not self.stop_event.is_set():
+                for run_id, future in list(in_hand.items()):
+                    if future.done():
+                        del in_hand[run_id]
+                        if (exc := future.exception()) is not None:
+                            log.error("run %s: execution error: %s", run_id, exc, exc_info=exc)
+                free = self.concurrency - len(in_hand)
+                candidates = self._candidates(set(in_hand), free) if free else []
+                for run_id in candidates:
+                    in_hand[run_id] = pool.submit(self._execute, run_id)
+                if until_idle and not in_hand and not candidates and not self._awaiting_takeover():
+                    break
+                if not candidates:
+                    self.stop_event.wait(self.baton.settings.poll_seconds)
+        return self.executed
+
+    def _execute(self, run_id: str) -> object:
+        outcome = self.baton.execute(run_id, self.listener)
+        if outcome is not None:
+            self.executed += 1
+        return outcome
+
+    def _candidates(self, busy: set[str], limit: int) -> list[str]:
+        store = self.baton.store
+        found = [r.run_id for r in store.runnable(self.baton.clock.time(), limit + len(busy))
+                 if r.run_id not in busy]
+        if len(found) < limit:
+            for record in store.owned_runs():
+                if (record.run_id not in busy and record.run_id not in found
+                        and record.owner != self.baton.owner and record.owner is not None
+                        and owner_alive(record.owner) is False):
+                    found.append(record.run_id)
+        return found[:limit]
+
+    def _awaiting_takeover(self) -> bool:
+        """Runs held by an owner we cannot see (another host) whose lease has not run out."""
+        return any(
+            r.owner is not None and r.owner != self.baton.owner and owner_alive(r.owner) is None
+            for r in self.baton.store.owned_runs()
+        )

@@ -1,0 +1,128 @@
+"""The exception tree. Every error Baton raises is a :class:`BatonError`.
+
+Errors carry data (a stable ``code``, whether retrying can help, the run and step they
+concern) so that the CLI and API can map them to one-line messages without parsing text::
+
+    BatonError
+    ├── UsageError              bad input from a person: a flag, a file, a JSON value
+    │   ├── WorkflowNotFound
+    │   └── RunNotFound
+    ├── StoreError              the database refused or is unusable
+    │   ├── AppendConflict      another writer appended first: this writer is stale (fencing)
+    │   └── MigrationError
+    ├── StepError               a step failed for good; raised inside the workflow, catchable
+    │   ├── ToolValidationError arguments did not match the tool's signature
+    │   └── ToolTimeout
+    ├── NonDeterminismError     the workflow asked for a different step than the journal holds
+    └── RunCancelled            raised inside a workflow whose run is being cancelled
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class BatonError(Exception):
+    """Root of all Baton errors."""
+
+    code: str = "baton_error"
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        run_id: str | None = None,
+        step_id: int | None = None,
+        retryable: bool | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.run_id = run_id
+        self.step_id = step_id
+        if retryable is not None:
+            self.retryable = retryable
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "message": self.message,
+            "retryable": self.retryable,
+            "run_id": self.run_id,
+            "step_id": self.step_id,
+        }
+
+
+class UsageError(BatonError):
+    """Something a person gave Baton is wrong; the message says what to change."""
+
+    code = "usage_error"
+
+
+class WorkflowNotFound(UsageError):
+    code = "workflow_not_found"
+
+
+class RunNotFound(UsageError):
+    code = "run_not_found"
+
+
+class StoreError(BatonError):
+    code = "store_error"
+
+
+class AppendConflict(StoreError):
+    """The journal already holds the ``seq`` this writer expected to write.
+
+    This is the fencing token at work: a worker that lost its lease and wakes up later
+    fails here and must stop without doing anything else.
+    """
+
+    code = "append_conflict"
+
+
+class MigrationError(StoreError):
+    code = "migration_error"
+
+
+class StepError(BatonError):
+    """A step failed for good (retries exhausted or a non-retryable error).
+
+    Raised inside the workflow at the ``ctx.call`` that failed, so the workflow may catch it.
+    ``error_type`` is the name of the original exception class.
+    """
+
+    code = "step_failed"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        error_type: str = "Exception",
+        run_id: str | None = None,
+        step_id: int | None = None,
+        retryable: bool | None = None,
+    ) -> None:
+        super().__init__(message, run_id=run_id, step_id=step_id, retryable=retryable)
+        self.error_type = error_type
+
+
+class ToolValidationError(StepError):
+    code = "tool_validation_error"
+
+
+class ToolTimeout(StepError):
+    code = "tool_timeout"
+    retryable = True
+
+
+class NonDeterminismError(BatonError):
+    """The workflow code asked for a step that differs from the one recorded at that position."""
+
+    code = "non_determinism"
+
+
+class RunCancelled(BatonError):
+    """Raised inside a workflow whose run is being cancelled; compensations run after it."""
+
+    code = "run_cancelled"

@@ -1,0 +1,75 @@
+"""The journal: a run's append-only, hash-chained sequence of typed events."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+
+from .encoding import (
+    CODEC,
+    GENESIS_HASH,
+    EncodedEvent,
+    canonical_json,
+    chain_hash,
+    envelope_json,
+)
+from .events import Event, event_class
+from .index import IndexUpdate, RunStatus, index_update
+
+__all__ = [
+    "CODEC",
+    "GENESIS_HASH",
+    "EncodedEvent",
+    "Event",
+    "IndexUpdate",
+    "RunStatus",
+    "canonical_json",
+    "decode",
+    "encode_batch",
+    "format_time",
+    "index_update",
+]
+
+
+def format_time(epoch_seconds: float) -> str:
+    """Timestamps in the journal: UTC ISO 8601 with microseconds, e.g. ``2026-11-26T11:44:14.123456Z``."""
+    return datetime.fromtimestamp(epoch_seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def encode_event(event: Event) -> str:
+    return canonical_json(event.model_dump(mode="json"))
+
+
+def encode_batch(
+    run_id: str,
+    head_seq: int,
+    head_hash: str,
+    events: Iterable[Event],
+    at: float,
+) -> list[EncodedEvent]:
+    """Give ``events`` the sequence numbers after ``head_seq`` and chain their hashes."""
+    stamp = format_time(at)
+    rows: list[EncodedEvent] = []
+    seq, prev = head_seq, head_hash
+    for event in events:
+        seq += 1
+        data = encode_event(event)
+        digest = chain_hash(prev, envelope_json(run_id, seq, event.type_name, stamp, data))
+        rows.append(EncodedEvent(run_id, seq, event.type_name, stamp, data, digest))
+        prev = digest
+    return rows
+
+
+def decode(row: EncodedEvent) -> Event:
+    return event_class(row.type).model_validate_json(row.data)
+
+
+def verify_chain(rows: Sequence[EncodedEvent], prev_hash: str = GENESIS_HASH) -> int | None:
+    """Return the ``seq`` of the first row whose hash or position is wrong, or ``None``."""
+    expected_seq = rows[0].seq if rows and prev_hash != GENESIS_HASH else 1
+    for row in rows:
+        if row.seq != expected_seq or row.hash != row.expected_hash(prev_hash):
+            return row.seq
+        prev_hash = row.hash
+        expected_seq += 1
+    return None

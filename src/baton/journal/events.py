@@ -1,0 +1,173 @@
+"""The typed events of a run's journal.
+
+A run's journal is the only place its state lives; everything else (the run index, the
+timeline, the replay table) is a fold of these events. Events are immutable Pydantic models.
+Their ``type`` is the class name and is stored next to the data, not inside it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, JsonValue
+
+StepKind = Literal["call", "sleep", "wait", "now", "uuid"]
+
+
+class ErrorInfo(BaseModel):
+    """A failure as it is recorded: enough for a person to act and for replay to re-raise."""
+
+    model_config = ConfigDict(frozen=True)
+
+    type: str
+    message: str
+    retryable: bool = False
+    code: str | None = None
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type_name: ClassVar[str] = ""
+    registry: ClassVar[dict[str, type[Event]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.type_name = cls.__name__
+        Event.registry[cls.__name__] = cls
+
+
+# -- the run ---------------------------------------------------------------------------
+
+
+class RunStarted(Event):
+    workflow: str
+    workflow_ref: str
+    input: dict[str, JsonValue]
+    principal: str | None = None
+    tenant: str | None = None
+
+
+class RunRecovered(Event):
+    """A worker took over a run whose previous owner died or lost its lease.
+
+    Appending it moves the journal head, which fences off the previous owner for good.
+    """
+
+    worker: str
+    previous_owner: str | None
+    reason: str
+
+
+class RunCompleted(Event):
+    result: JsonValue
+
+
+class RunFailed(Event):
+    error: ErrorInfo
+
+
+class RunCancelled(Event):
+    reason: str
+
+
+class NeedsAttention(Event):
+    """The run cannot go on without a person: e.g. a non-idempotent step is in doubt."""
+
+    step_id: int
+    reason: str
+
+
+# -- steps -----------------------------------------------------------------------------
+
+
+class StepStarted(Event):
+    """A step's intent. For a non-idempotent tool it is durable before the call is made."""
+
+    step_id: int
+    kind: StepKind
+    name: str
+    args: dict[str, JsonValue]
+    attempt: int = 1
+    idempotency_key: str
+    idempotent: bool
+
+
+class StepCompleted(Event):
+    step_id: int
+    result: JsonValue
+
+
+class StepFailed(Event):
+    """An attempt failed. ``final`` means no more attempts will be made."""
+
+    step_id: int
+    attempt: int
+    error: ErrorInfo
+    final: bool
+    retry_in: float | None = None
+
+
+class StepReconciled(Event):
+    """An in-doubt step's tool was asked whether the call took effect."""
+
+    step_id: int
+    applied: bool
+    result: JsonValue = None
+
+
+class StepResolved(Event):
+    """A person settled an in-doubt step: it took effect (with ``result``) or it did not."""
+
+    step_id: int
+    applied: bool
+    result: JsonValue = None
+    by: str
+    note: str = ""
+
+
+class ValueRecorded(Event):
+    """A replay-safe value (``ctx.now()``, ``ctx.uuid()``) recorded on first execution."""
+
+    step_id: int
+    kind: Literal["now", "uuid"]
+    value: JsonValue
+
+
+class TimerSet(Event):
+    step_id: int
+    fire_at: float
+
+
+class TimerFired(Event):
+    step_id: int
+
+
+class SignalAwaited(Event):
+    step_id: int
+    name: str
+    timeout_at: float | None = None
+
+
+class SignalReceived(Event):
+    step_id: int
+    name: str
+    data: JsonValue
+    signal_id: int | None = None
+
+
+class Compensated(Event):
+    step_id: int
+    name: str
+    ok: bool
+    error: ErrorInfo | None = None
+
+
+def event_class(type_name: str) -> type[Event]:
+    try:
+        return Event.registry[type_name]
+    except KeyError:
+        raise ValueError(f"unknown event type {type_name!r}") from None
+
+
+TERMINAL_EVENTS = (RunCompleted, RunFailed, RunCancelled)

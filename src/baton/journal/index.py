@@ -1,0 +1,92 @@
+"""The run index: what the store keeps per run so it can find runnable work fast.
+
+The index is derived, never authoritative: each event maps to an update (or none), and
+the store applies a batch's updates in the same transaction as the append. Rebuilding
+the index from the journal gives the same rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from . import events as ev
+from .encoding import canonical_json
+
+
+class RunStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SLEEPING = "sleeping"
+    WAITING = "waiting"
+    NEEDS_ATTENTION = "needs_attention"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
+
+
+_UNSET = object()
+
+
+@dataclass(slots=True)
+class IndexUpdate:
+    """Changes to a run's index row. ``None`` fields are left as they are, except where a
+    new status clears them (a run that starts running is no longer waiting for anything)."""
+
+    status: RunStatus | None = None
+    wake_at: float | None = None
+    waiting_for: str | None = None
+    outcome: str | None = None
+    consumed_signals: list[int] = field(default_factory=list)
+
+    def merge(self, event: ev.Event) -> None:
+        match event:
+            case ev.RunStarted():
+                self._set(RunStatus.PENDING)
+            case ev.RunRecovered() | ev.TimerFired() | ev.StepResolved():
+                self._set(RunStatus.RUNNING)
+            case ev.SignalReceived(signal_id=signal_id):
+                self._set(RunStatus.RUNNING)
+                if signal_id is not None:
+                    self.consumed_signals.append(signal_id)
+            case ev.TimerSet(fire_at=fire_at):
+                self._set(RunStatus.SLEEPING)
+                self.wake_at = fire_at
+            case ev.SignalAwaited(name=name, timeout_at=timeout_at):
+                self._set(RunStatus.WAITING)
+                self.waiting_for = name
+                self.wake_at = timeout_at
+            case ev.NeedsAttention(reason=reason):
+                self._set(RunStatus.NEEDS_ATTENTION)
+                self.outcome = reason
+            case ev.RunCompleted(result=result):
+                self._set(RunStatus.COMPLETED)
+                self.outcome = canonical_json(result)
+            case ev.RunFailed(error=error):
+                self._set(RunStatus.FAILED)
+                self.outcome = error.message
+            case ev.RunCancelled(reason=reason):
+                self._set(RunStatus.CANCELLED)
+                self.outcome = reason
+            case _:
+                pass
+
+    def _set(self, status: RunStatus) -> None:
+        self.status = status
+        self.wake_at = None
+        self.waiting_for = None
+        self.outcome = None
+
+    def __bool__(self) -> bool:
+        return self.status is not None or bool(self.consumed_signals)
+
+
+def index_update(events: list[ev.Event]) -> IndexUpdate:
+    update = IndexUpdate()
+    for event in events:
+        update.merge(event)
+    return update

@@ -1,0 +1,293 @@
+"""The :class:`Baton` runtime: owns the store, the settings and the clock, and starts,
+drives, signals and cancels runs. Tests create their own; nothing here is global."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from .clock import Clock, SystemClock
+from .engine.context import Context
+from .engine.execution import Execution, Listener, Outcome, _Abort, _Fenced, _Suspend
+from .engine.leases import LeaseKeeper
+from .engine.owner import describe_owner, new_owner_id, owner_alive
+from .errors import BatonError, RunNotFound, UsageError
+from .journal import GENESIS_HASH, EncodedEvent, RunStatus, decode, encode_batch, index_update
+from .journal import events as ev
+from .settings import Settings
+from .store import NewRun, RunRecord, Store, open_store
+from .workflows import Workflow, canonical_ref, load_workflow
+
+if TYPE_CHECKING:
+    from .engine.worker import Worker
+
+log = logging.getLogger("baton")
+
+
+def new_run_id(now: float) -> str:
+    """Time-ordered and unguessable: 11 hex digits of milliseconds, 10 of randomness."""
+    return f"{int(now * 1000):011x}{secrets.token_hex(5)}"
+
+
+class Baton:
+    """A Baton runtime.
+
+    >>> baton = Baton(Settings(database_url="sqlite:///demo.db"))   # doctest: +SKIP
+    >>> run_id = baton.start(refund, order_id="98765", amount=120.0)  # doctest: +SKIP
+    >>> baton.drive(run_id).status                                     # doctest: +SKIP
+    <RunStatus.COMPLETED: 'completed'>
+    """
+
+    def __init__(self, settings: Settings | None = None, *, store: Store | None = None,
+                 clock: Clock | None = None) -> None:
+        self.settings = settings or Settings.from_env()
+        self.store = store or open_store(self.settings.database_url, durability=self.settings.durability)
+        self.clock = clock or SystemClock()
+        self.owner = new_owner_id()
+        self.pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="baton-tool")
+        self.leases = LeaseKeeper(self.store, self.settings, self.clock, self.owner)
+        self._workflows: dict[str, Workflow] = {}
+
+    def close(self) -> None:
+        self.leases.stop()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.store.close()
+
+    def __enter__(self) -> Baton:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- workflows ------------------------------------------------------------------
+
+    def register(self, workflow: Workflow, ref: str | None = None) -> str:
+        """Make ``workflow`` known under ``ref`` (default: where it is defined)."""
+        ref = canonical_ref(ref or workflow.ref)
+        self._workflows[ref] = workflow
+        return ref
+
+    def workflow_for(self, ref: str) -> Workflow:
+        found = self._workflows.get(ref)
+        if found is None:
+            found = self._workflows[ref] = load_workflow(ref)
+        return found
+
+    # -- starting -------------------------------------------------------------------
+
+    def start(self, workflow: Workflow | str, input: dict[str, Any] | None = None, /, *,
+              principal: str | None = None, tenant: str | None = None,
+              run_id: str | None = None, **kwargs: Any) -> str:
+        """Record a new run and return its id. Nothing runs until a worker or
+        :meth:`drive` picks it up."""
+        if isinstance(workflow, str):
+            ref = canonical_ref(workflow)
+            wf = self.workflow_for(ref)
+        else:
+            wf, ref = workflow, self.register(workflow)
+        _, input_json = wf.validate_input({**(input or {}), **kwargs})
+        now = self.clock.time()
+        run_id = run_id or new_run_id(now)
+        started = ev.RunStarted(workflow=wf.name, workflow_ref=ref, input=input_json,
+                                principal=principal, tenant=tenant)
+        rows = encode_batch(run_id, 0, GENESIS_HASH, [started], now)
+        self.store.create_run(
+            NewRun(run_id, wf.name, ref, now, principal, tenant), rows, index_update([started])
+        )
+        return run_id
+
+    def run(self, workflow: Workflow | str, input: dict[str, Any] | None = None, /, *,
+            listener: Listener | None = None, **kwargs: Any) -> RunRecord:
+        """Start a run and drive it until it completes, fails or has to wait."""
+        return self.drive(self.start(workflow, input, **kwargs), listener=listener)
+
+    # -- driving --------------------------------------------------------------------
+
+    def acquire(self, run_id: str) -> tuple[RunRecord, str | None] | None:
+        """Take the lease on a run. Returns the run and the previous owner if we took it
+        over from a dead or expired one; ``None`` if a live worker holds it."""
+        record = self.get_run(run_id)
+        now = self.clock.time()
+        previous = record.owner if record.owner not in (None, self.owner) else None
+        expected = None
+        if previous is not None and (record.lease_expires_at or 0) >= now:
+            if owner_alive(previous) is not False:
+                return None
+            expected = previous
+        if not self.store.claim(run_id, self.owner, now, self.settings.lease_seconds, expected):
+            return None
+        claimed = self.store.get_run(run_id)
+        assert claimed is not None
+        return claimed, previous
+
+    def execute(self, run_id: str, listener: Listener | None = None) -> Outcome | None:
+        """Claim a run and execute it until it stops. ``None`` if someone else has it."""
+        claim = self.acquire(run_id)
+        if claim is None:
+            return None
+        record, previous = claim
+        try:
+            if record.status.terminal:
+                return Outcome(record.status)
+            return self._execute(record, previous, listener)
+        finally:
+            self.leases.remove(run_id)
+            self.store.release(run_id, self.owner)
+
+    def _execute(self, record: RunRecord, previous: str | None,
+                 listener: Listener | None) -> Outcome | None:
+        events = [decode(row) for row in self.store.read(record.run_id)]
+        try:
+            workflow = self.workflow_for(record.workflow_ref)
+        except BatonError as exc:
+            workflow = None
+            load_error = exc
+        x = Execution(store=self.store, settings=self.settings, clock=self.clock, pool=self.pool,
+                      run=record, workflow=workflow or Workflow(lambda ctx: None, record.workflow),
+                      events=events, owner=self.owner, listener=listener)
+        self.leases.add(x)
+        try:
+            if previous is not None:
+                x.append([ev.RunRecovered(
+                    worker=self.owner, previous_owner=previous,
+                    reason=f"previous owner ({describe_owner(previous)}) died or its lease expired",
+                )])
+                count = x.state.recoveries_since_progress
+                if count > self.settings.max_recoveries:
+                    x.abort = BatonError(
+                        f"crash loop: the run's worker died {count} times without the run making "
+                        f"progress (limit {self.settings.max_recoveries}); giving up",
+                        run_id=record.run_id,
+                    )
+            if workflow is None:
+                x.needs_attention(0, f"cannot load workflow {record.workflow_ref}: {load_error.message}")
+            return self._run_workflow(x, workflow)
+        except _Suspend:
+            return Outcome(self.get_run(record.run_id).status)
+        except _Fenced:
+            return None
+
+    def _run_workflow(self, x: Execution, workflow: Workflow) -> Outcome:
+        assert x.state.started is not None
+        values, _ = workflow.validate_input(dict(x.state.started.input))
+        ctx = Context(x, is_async=workflow.is_async)
+        try:
+            if workflow.is_async:
+                result = asyncio.run(workflow.fn(ctx, **values))
+            else:
+                result = workflow.fn(ctx, **values)
+        except _Abort as abort:
+            return x.finish(failure=abort.error)
+        except (_Suspend, _Fenced):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the workflow's failure is the run's outcome
+            return x.finish(failure=exc)
+        return x.finish(result)
+
+    def drive(self, run_id: str, *, listener: Listener | None = None,
+              wait_for_timers: bool = False, timeout: float | None = None) -> RunRecord:
+        """Execute a run until it completes, fails, needs attention, or waits (for a signal,
+        or for a timer unless ``wait_for_timers``). Returns the run as it was left."""
+        run_id = self.resolve_run_id(run_id)
+        deadline = None if timeout is None else self.clock.time() + timeout
+        while True:
+            outcome = self.execute(run_id, listener)
+            record = self.get_run(run_id)
+            if outcome is None or record.status.terminal:
+                return record
+            if record.status is RunStatus.SLEEPING and wait_for_timers and record.wake_at:
+                delay = record.wake_at - self.clock.time()
+                if deadline is not None and self.clock.time() + delay > deadline:
+                    return record
+                self.clock.sleep(delay)
+                continue
+            if record.status in (RunStatus.PENDING, RunStatus.RUNNING) or (
+                    record.cancel_requested and outcome.status is not RunStatus.CANCELLED):
+                continue
+            if record.status is RunStatus.WAITING and any(
+                    s.name == record.waiting_for for s in self.store.pending_signals(run_id)):
+                continue
+            return record
+
+    def resume(self, run_id: str, *, listener: Listener | None = None) -> RunRecord:
+        return self.drive(run_id, listener=listener)
+
+    # -- from outside ---------------------------------------------------------------
+
+    def signal(self, run_id: str, name: str, data: Any = None) -> int:
+        """Send ``data`` to the run's ``ctx.wait_for(name)``; it is kept until consumed."""
+        run_id = self.resolve_run_id(run_id)
+        record = self.get_run(run_id)
+        if record.status.terminal:
+            raise UsageError(f"run {run_id} is {record.status.value}; it takes no more signals")
+        try:
+            encoded = json.dumps(data)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"signal data must be JSON: {exc}") from None
+        return self.store.send_signal(run_id, name, encoded, self.clock.time())
+
+    def cancel(self, run_id: str) -> None:
+        """Ask for the run to be cancelled: its completed steps' compensations run, newest
+        first, and it ends ``cancelled``. Takes effect at the run's next step."""
+        run_id = self.resolve_run_id(run_id)
+        record = self.get_run(run_id)
+        if record.status.terminal:
+            raise UsageError(f"run {run_id} is already {record.status.value}")
+        self.store.request_cancel(run_id)
+
+    def resolve_step(self, run_id: str, step_id: int, *, applied: bool, result: Any = None,
+                     by: str = "operator", note: str = "") -> None:
+        """Settle an in-doubt step by hand: it took effect (with ``result``) or it did not."""
+        run_id = self.resolve_run_id(run_id)
+        claim = self.acquire(run_id)
+        if claim is None:
+            raise UsageError(f"run {run_id} is being executed by another worker; try again")
+        record, _ = claim
+        try:
+            events = [decode(r) for r in self.store.read(run_id)]
+            x = Execution(store=self.store, settings=self.settings, clock=self.clock,
+                          pool=self.pool, run=record, workflow=Workflow(lambda ctx: None, "resolve"),
+                          events=events, owner=self.owner)
+            rec = x.state.steps.get(step_id)
+            if record.status is not RunStatus.NEEDS_ATTENTION or rec is None or not rec.in_flight:
+                raise UsageError(f"step {step_id} of run {run_id} is not in doubt")
+            x.append([ev.StepResolved(step_id=step_id, applied=applied, result=result, by=by, note=note)])
+        except _Fenced:
+            raise UsageError(f"run {run_id} moved on while resolving; try again") from None
+        finally:
+            self.store.release(run_id, self.owner)
+
+    # -- reading --------------------------------------------------------------------
+
+    def resolve_run_id(self, run_id: str) -> str:
+        """Accept a unique prefix of a run id, as people type them."""
+        if self.store.get_run(run_id) is not None:
+            return run_id
+        matches = self.store.find_run(run_id) if run_id else []
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise RunNotFound(f"no run {run_id!r}", run_id=run_id)
+        raise UsageError(f"{run_id!r} matches several runs: {', '.join(matches[:5])}")
+
+    def get_run(self, run_id: str) -> RunRecord:
+        record = self.store.get_run(run_id)
+        if record is None:
+            raise RunNotFound(f"no run {run_id!r}", run_id=run_id)
+        return record
+
+    def journal(self, run_id: str) -> list[EncodedEvent]:
+        return self.store.read(self.resolve_run_id(run_id))
+
+    def events(self, run_id: str) -> list[ev.Event]:
+        return [decode(row) for row in self.journal(run_id)]
+
+    def worker(self, *, concurrency: int = 1, listener: Listener | None = None) -> Worker:
+        from .engine.worker import Worker
+
+        return Worker(self, concurrency=concurrency, listener=listener)
+

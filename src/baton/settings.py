@@ -1,0 +1,57 @@
+"""Runtime settings: one frozen object, read from ``BATON_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+from .errors import UsageError
+
+DEFAULT_DATABASE = Path(".baton") / "baton.db"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """How a :class:`~baton.Baton` runtime behaves.
+
+    ``database_url``: ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``
+    (default ``.baton/baton.db`` in the working directory).
+    ``durability``: ``full`` fsyncs every append; ``normal`` survives process crashes but
+    may lose the last steps on power loss.
+    ``lease_seconds``: how long a worker's claim on a run lasts without a heartbeat.
+    ``max_recoveries``: takeovers of a run without progress before it is failed as a crash loop.
+    ``short_sleep``: timers shorter than this are waited out in-process instead of suspending.
+    """
+
+    database_url: str = field(default_factory=lambda: f"sqlite:///{DEFAULT_DATABASE}")
+    durability: Literal["full", "normal"] = "full"
+    lease_seconds: float = 10.0
+    heartbeat_seconds: float = 2.0
+    max_recoveries: int = 3
+    short_sleep: float = 2.0
+    poll_seconds: float = 0.2
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        env = os.environ
+        settings = cls()
+        values: dict[str, object] = {}
+        if url := env.get("BATON_DATABASE_URL"):
+            values["database_url"] = url
+        if durability := env.get("BATON_DURABILITY"):
+            if durability not in ("full", "normal"):
+                raise UsageError(f"BATON_DURABILITY must be 'full' or 'normal', not {durability!r}")
+            values["durability"] = durability
+        for name, key in (
+            ("lease_seconds", "BATON_LEASE_SECONDS"),
+            ("max_recoveries", "BATON_MAX_RECOVERIES"),
+        ):
+            if raw := env.get(key):
+                try:
+                    values[name] = int(raw) if name == "max_recoveries" else float(raw)
+                except ValueError:
+                    raise UsageError(f"{key} must be a number, not {raw!r}") from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return replace(settings, **values)  # type: ignore[arg-type]

@@ -1,0 +1,127 @@
+"""The storage interface. Two implementations (SQLite now, PostgreSQL to scale) pass one
+contract suite (``tests/store/test_contract.py``).
+
+The store is deliberately dumb: it keeps journal rows it is given, enforces that each
+append lands exactly at the head it expects (the fencing token), keeps a derived index of
+runs for finding runnable work, leases runs to workers, and holds an inbox of signals and
+cancellation requests sent from outside. Encoding, hashing and folding events live above it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..journal import EncodedEvent, IndexUpdate, RunStatus
+
+
+@dataclass(frozen=True, slots=True)
+class NewRun:
+    run_id: str
+    workflow: str
+    workflow_ref: str
+    created_at: float
+    principal: str | None = None
+    tenant: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    run_id: str
+    workflow: str
+    workflow_ref: str
+    status: RunStatus
+    created_at: float
+    updated_at: float
+    head_seq: int
+    head_hash: str
+    principal: str | None
+    tenant: str | None
+    wake_at: float | None
+    waiting_for: str | None
+    outcome: str | None
+    owner: str | None
+    lease_expires_at: float | None
+    cancel_requested: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    signal_id: int
+    run_id: str
+    name: str
+    data: str
+    sent_at: float
+
+
+class Store(Protocol):
+    """What the engine needs from a database. All methods are safe to call from many
+    threads and processes at once."""
+
+    def create_run(self, run: NewRun, first: Sequence[EncodedEvent], update: IndexUpdate) -> None:
+        """Insert the run and its first events atomically. Raises ``AppendConflict`` if the
+        run id exists."""
+        ...
+
+    def append(
+        self,
+        run_id: str,
+        expected_head: int,
+        rows: Sequence[EncodedEvent],
+        update: IndexUpdate,
+        now: float,
+    ) -> None:
+        """Append ``rows`` (whose first ``seq`` is ``expected_head + 1``) in one transaction,
+        with the index update. Raises ``AppendConflict`` if the head moved."""
+        ...
+
+    def read(self, run_id: str, after_seq: int = 0) -> list[EncodedEvent]: ...
+
+    def get_run(self, run_id: str) -> RunRecord | None: ...
+
+    def find_run(self, prefix: str) -> list[str]:
+        """Run ids starting with ``prefix`` (so people can type short ids)."""
+        ...
+
+    def list_runs(
+        self, *, status: RunStatus | None = None, limit: int = 50
+    ) -> list[RunRecord]: ...
+
+    def all_run_ids(self) -> list[str]: ...
+
+    # -- leases ---------------------------------------------------------------------
+
+    def claim(self, run_id: str, owner: str, now: float, lease_seconds: float,
+              expected_owner: str | None = None) -> bool:
+        """Atomically take the lease on ``run_id`` if it is free, expired, already ours, or
+        held by ``expected_owner`` (a holder the caller has proven dead)."""
+        ...
+
+    def runnable(self, now: float, limit: int = 10) -> list[RunRecord]:
+        """Runs that a worker could claim now, lease permitting (including ones whose owner
+        may be dead: the caller checks)."""
+        ...
+
+    def owned_runs(self) -> list[RunRecord]:
+        """Non-terminal runs whose lease is held, for spotting dead owners."""
+        ...
+
+    def renew(
+        self, owner: str, run_ids: Sequence[str], now: float, lease_seconds: float
+    ) -> dict[str, bool]:
+        """Extend our leases. Returns the runs we still hold, each with whether someone has
+        asked to cancel it."""
+        ...
+
+    def release(self, run_id: str, owner: str) -> None: ...
+
+    # -- inbox ----------------------------------------------------------------------
+
+    def send_signal(self, run_id: str, name: str, data: str, now: float) -> int: ...
+
+    def pending_signals(self, run_id: str) -> list[Signal]: ...
+
+    def request_cancel(self, run_id: str) -> None: ...
+
+    def close(self) -> None: ...

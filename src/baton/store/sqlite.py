@@ -1,0 +1,315 @@
+"""The embedded store: one SQLite file in WAL mode.
+
+Every append is one ``BEGIN IMMEDIATE`` transaction: a compare-and-set on the run's head
+(the fencing token), the journal rows, and the index update. With ``durability="full"``
+(the default) each commit is fsync'd; ``"normal"`` survives a crashed process but may lose
+the last commits on power loss.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+from ..errors import AppendConflict, MigrationError, StoreError
+from ..journal import EncodedEvent, IndexUpdate, RunStatus
+from . import migrations
+from .base import NewRun, RunRecord, Signal
+
+Durability = Literal["full", "normal"]
+
+_RUN_COLUMNS = (
+    "run_id, workflow, workflow_ref, status, created_at, updated_at, head_seq, head_hash, "
+    "principal, tenant, wake_at, waiting_for, outcome, owner, lease_expires_at, cancel_requested"
+)
+_TERMINAL = tuple(s.value for s in RunStatus if s.terminal)
+_RUNNABLE = f"""
+    (status IN ('pending', 'running')
+     OR (status = 'sleeping' AND wake_at <= :now)
+     OR (status = 'waiting' AND (wake_at <= :now OR EXISTS (
+            SELECT 1 FROM signals s
+            WHERE s.run_id = runs.run_id AND s.name = runs.waiting_for AND s.consumed = 0)))
+     OR (cancel_requested = 1 AND status NOT IN {_TERMINAL!r}))
+"""
+
+
+def _run(row: tuple[Any, ...]) -> RunRecord:
+    return RunRecord(
+        run_id=row[0], workflow=row[1], workflow_ref=row[2], status=RunStatus(row[3]),
+        created_at=row[4], updated_at=row[5], head_seq=row[6], head_hash=row[7],
+        principal=row[8], tenant=row[9], wake_at=row[10], waiting_for=row[11],
+        outcome=row[12], owner=row[13], lease_expires_at=row[14],
+        cancel_requested=bool(row[15]),
+    )
+
+
+class SqliteStore:
+    """A :class:`~baton.store.base.Store` backed by one SQLite file."""
+
+    backend = "sqlite"
+
+    def __init__(self, path: str | Path, *, durability: Durability = "full",
+                 busy_timeout: float = 30.0, migrate: bool = True) -> None:
+        self.path = Path(path)
+        self.durability = durability
+        self._busy_ms = int(busy_timeout * 1000)
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if migrate:
+            self.migrate()
+
+    # -- connections ----------------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+                conn.execute("PRAGMA journal_mode = WAL")
+                sync = "FULL" if self.durability == "full" else "NORMAL"
+                conn.execute(f"PRAGMA synchronous = {sync}")
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot open SQLite database {self.path}: {exc}") from exc
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+        self._local = threading.local()
+
+    # -- migrations -----------------------------------------------------------------
+
+    def schema_version(self) -> int:
+        conn = self._conn()
+        has_table = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='schema_migrations'"
+        ).fetchone()
+        if not has_table:
+            return 0
+        row = conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
+        return int(row[0] or 0)
+
+    def pending_migrations(self) -> list[migrations.Migration]:
+        current = self.schema_version()
+        return [m for m in migrations.load("sqlite") if m.version > current]
+
+    def migrate(self) -> list[migrations.Migration]:
+        applied = []
+        with self._tx() as conn:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+            )
+            current = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()[0]
+            known = migrations.load("sqlite")
+            if current > len(known):
+                raise MigrationError(
+                    f"database {self.path} is at schema version {current}, newer than this "
+                    f"Baton knows ({len(known)}); upgrade Baton"
+                )
+            for migration in known[current:]:
+                try:
+                    for statement in migration.statements():
+                        conn.execute(statement)
+                except sqlite3.Error as exc:
+                    raise MigrationError(
+                        f"migration {migration.version:04d}_{migration.name} failed: {exc}"
+                    ) from exc
+                conn.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                    (migration.version, migration.name, time.time()),
+                )
+                applied.append(migration)
+        return applied
+
+    # -- journal --------------------------------------------------------------------
+
+    def create_run(self, run: NewRun, first: Sequence[EncodedEvent], update: IndexUpdate) -> None:
+        head = first[-1]
+        status = (update.status or RunStatus.PENDING).value
+        try:
+            with self._tx() as conn:
+                conn.execute(
+                    "INSERT INTO runs (run_id, workflow, workflow_ref, status, created_at, "
+                    "updated_at, head_seq, head_hash, principal, tenant) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (run.run_id, run.workflow, run.workflow_ref, status, run.created_at,
+                     run.created_at, head.seq, head.hash, run.principal, run.tenant),
+                )
+                self._insert(conn, first)
+        except sqlite3.IntegrityError as exc:
+            raise AppendConflict(f"run {run.run_id} already exists", run_id=run.run_id) from exc
+
+    def append(self, run_id: str, expected_head: int, rows: Sequence[EncodedEvent],
+               update: IndexUpdate, now: float) -> None:
+        head = rows[-1]
+        if rows[0].seq != expected_head + 1:
+            raise AppendConflict(
+                f"append to run {run_id} must start at seq {expected_head + 1}, not {rows[0].seq}",
+                run_id=run_id,
+            )
+        sql = "UPDATE runs SET head_seq = ?, head_hash = ?, updated_at = ?"
+        params: list[Any] = [head.seq, head.hash, now]
+        if update.status is not None:
+            sql += ", status = ?, wake_at = ?, waiting_for = ?, outcome = ?"
+            params += [update.status.value, update.wake_at, update.waiting_for, update.outcome]
+        sql += " WHERE run_id = ? AND head_seq = ?"
+        params += [run_id, expected_head]
+        with self._tx() as conn:
+            if conn.execute(sql, params).rowcount != 1:
+                raise AppendConflict(
+                    f"run {run_id} has moved past seq {expected_head}: another worker owns it now",
+                    run_id=run_id,
+                )
+            self._insert(conn, rows)
+            if update.consumed_signals:
+                conn.executemany(
+                    "UPDATE signals SET consumed = 1 WHERE signal_id = ?",
+                    [(sid,) for sid in update.consumed_signals],
+                )
+
+    @staticmethod
+    def _insert(conn: sqlite3.Connection, rows: Sequence[EncodedEvent]) -> None:
+        conn.executemany(
+            "INSERT INTO events (run_id, seq, type, at, data, hash) VALUES (?, ?, ?, ?, ?, ?)",
+            [(r.run_id, r.seq, r.type, r.at, r.data, r.hash) for r in rows],
+        )
+
+    def read(self, run_id: str, after_seq: int = 0) -> list[EncodedEvent]:
+        cur = self._conn().execute(
+            "SELECT run_id, seq, type, at, data, hash FROM events "
+            "WHERE run_id = ? AND seq > ? ORDER BY seq",
+            (run_id, after_seq),
+        )
+        return [EncodedEvent(*row) for row in cur]
+
+    # -- the run index --------------------------------------------------------------
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        row = self._conn().execute(
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)
+        ).fetchone()
+        return _run(row) if row else None
+
+    def find_run(self, prefix: str) -> list[str]:
+        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        cur = self._conn().execute(
+            "SELECT run_id FROM runs WHERE run_id LIKE ? ESCAPE '\\' ORDER BY run_id LIMIT 10",
+            (escaped + "%",),
+        )
+        return [r[0] for r in cur]
+
+    def list_runs(self, *, status: RunStatus | None = None, limit: int = 50) -> list[RunRecord]:
+        if status is None:
+            cur = self._conn().execute(
+                f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY created_at DESC LIMIT ?", (limit,)
+            )
+        else:
+            cur = self._conn().execute(
+                f"SELECT {_RUN_COLUMNS} FROM runs WHERE status = ? "
+                "ORDER BY created_at DESC LIMIT ?",
+                (status.value, limit),
+            )
+        return [_run(row) for row in cur]
+
+    def all_run_ids(self) -> list[str]:
+        return [r[0] for r in self._conn().execute("SELECT run_id FROM runs ORDER BY created_at")]
+
+    # -- leases ---------------------------------------------------------------------
+
+    def claim(self, run_id: str, owner: str, now: float, lease_seconds: float,
+              expected_owner: str | None = None) -> bool:
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE runs SET owner = ?, lease_expires_at = ? WHERE run_id = ? AND "
+                "(owner IS NULL OR lease_expires_at < ? OR owner = ? OR owner = ?)",
+                (owner, now + lease_seconds, run_id, now, owner, expected_owner),
+            )
+            return cur.rowcount == 1
+
+    def runnable(self, now: float, limit: int = 10) -> list[RunRecord]:
+        cur = self._conn().execute(
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE {_RUNNABLE} "
+            "AND (owner IS NULL OR lease_expires_at < :now) "
+            "ORDER BY created_at LIMIT :limit",
+            {"now": now, "limit": limit},
+        )
+        return [_run(row) for row in cur]
+
+    def owned_runs(self) -> list[RunRecord]:
+        cur = self._conn().execute(
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE owner IS NOT NULL "
+            f"AND status NOT IN {_TERMINAL!r}"
+        )
+        return [_run(row) for row in cur]
+
+    def renew(self, owner: str, run_ids: Sequence[str], now: float,
+              lease_seconds: float) -> dict[str, bool]:
+        if not run_ids:
+            return {}
+        marks = ",".join("?" * len(run_ids))
+        with self._tx() as conn:
+            conn.execute(
+                f"UPDATE runs SET lease_expires_at = ? WHERE owner = ? AND run_id IN ({marks})",
+                (now + lease_seconds, owner, *run_ids),
+            )
+            cur = conn.execute(
+                f"SELECT run_id, cancel_requested FROM runs WHERE owner = ? AND run_id IN ({marks})",
+                (owner, *run_ids),
+            )
+            return {r[0]: bool(r[1]) for r in cur}
+
+    def release(self, run_id: str, owner: str) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE runs SET owner = NULL, lease_expires_at = NULL "
+                "WHERE run_id = ? AND owner = ?",
+                (run_id, owner),
+            )
+
+    # -- inbox ----------------------------------------------------------------------
+
+    def send_signal(self, run_id: str, name: str, data: str, now: float) -> int:
+        with self._tx() as conn:
+            cur = conn.execute(
+                "INSERT INTO signals (run_id, name, data, sent_at) VALUES (?, ?, ?, ?)",
+                (run_id, name, data, now),
+            )
+            assert cur.lastrowid is not None
+            return cur.lastrowid
+
+    def pending_signals(self, run_id: str) -> list[Signal]:
+        cur = self._conn().execute(
+            "SELECT signal_id, run_id, name, data, sent_at FROM signals "
+            "WHERE run_id = ? AND consumed = 0 ORDER BY signal_id",
+            (run_id,),
+        )
+        return [Signal(*row) for row in cur]
+
+    def request_cancel(self, run_id: str) -> None:
+        with self._tx() as conn:
+            conn.execute("UPDATE runs SET cancel_requested = 1 WHERE run_id = ?", (run_id,))

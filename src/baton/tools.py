@@ -1,0 +1,238 @@
+"""Tools: the only way a workflow touches the world.
+
+``@tool`` turns a typed function into a :class:`Tool`: its arguments are validated by a
+Pydantic model built from the signature before any call (bad arguments never reach the
+function), its JSON Schema is available for models, and the runtime gives it a timeout,
+retries with exponential backoff and jitter, a stable idempotency key, and optional
+``compensate`` (undo) and ``reconcile`` ("did the call with key K take effect?") hooks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
+
+from .errors import ToolValidationError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+IDEMPOTENCY_KEY = "idempotency_key"
+
+
+@dataclass(frozen=True, slots=True)
+class Reconciled:
+    """What a ``reconcile`` hook answers: whether the call took effect, and its result."""
+
+    applied: bool
+    result: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """``retries`` extra attempts after the first; delays grow as ``backoff * 2**n`` up to
+    ``max_backoff``, each scaled by a random factor in [0.5, 1) so that retries spread out.
+
+    An exception is retried if it is an instance of ``retry_on`` and not of ``give_up_on``,
+    and it does not carry ``retryable = False``.
+    """
+
+    retries: int = 0
+    backoff: float = 0.5
+    max_backoff: float = 30.0
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    give_up_on: tuple[type[BaseException], ...] = ()
+
+    def is_retryable(self, exc: BaseException) -> bool:
+        if getattr(exc, "retryable", True) is False:
+            return False
+        return isinstance(exc, self.retry_on) and not isinstance(exc, self.give_up_on)
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        base = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
+        return base * (0.5 + random.random() / 2)
+
+
+def _call_with_accepted(fn: Callable[..., Any], values: dict[str, Any]) -> Any:
+    """Call ``fn`` with the subset of ``values`` its signature accepts."""
+    params = inspect.signature(fn).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return fn(**values)
+    return fn(**{k: v for k, v in values.items() if k in params})
+
+
+@dataclass(eq=False)
+class Tool(Generic[P, R]):
+    """A function the runtime may call on a workflow's behalf. Create with :func:`tool`."""
+
+    fn: Callable[P, R]
+    name: str
+    idempotent: bool = False
+    timeout: float | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    compensate: Callable[..., Any] | None = None
+    reconcile: Callable[..., Any] | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        signature = inspect.signature(self.fn)
+        self.is_async = inspect.iscoroutinefunction(self.fn)
+        self.wants_key = IDEMPOTENCY_KEY in signature.parameters
+        fields: dict[str, Any] = {}
+        self._positional: list[str] = []
+        for param in signature.parameters.values():
+            if param.name == IDEMPOTENCY_KEY or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                continue
+            annotation = Any if param.annotation is inspect.Parameter.empty else param.annotation
+            default = ... if param.default is inspect.Parameter.empty else param.default
+            fields[param.name] = (annotation, default)
+            if param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
+                self._positional.append(param.name)
+        self.args_model: type[BaseModel] = create_model(
+            f"{self.name}_args",
+            __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True),
+            **fields,
+        )
+        returns = signature.return_annotation
+        self.result_adapter: TypeAdapter[Any] = TypeAdapter(
+            Any if returns is inspect.Signature.empty else returns
+        )
+        if not self.description:
+            self.description = inspect.getdoc(self.fn) or ""
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Call the function directly, outside any run (handy in unit tests)."""
+        return self.fn(*args, **kwargs)
+
+    def json_schema(self) -> dict[str, Any]:
+        """The JSON Schema of the tool's arguments, as a model would be shown it."""
+        schema = self.args_model.model_json_schema()
+        schema["title"] = self.name
+        if self.description:
+            schema["description"] = self.description
+        return schema
+
+    def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Merge positional arguments into keywords, by the function's parameter names."""
+        if not args:
+            return kwargs
+        if len(args) > len(self._positional):
+            raise ToolValidationError(
+                f"{self.name}() takes {len(self._positional)} positional arguments "
+                f"but {len(args)} were given"
+            )
+        merged = dict(zip(self._positional, args, strict=False))
+        for key in kwargs:
+            if key in merged:
+                raise ToolValidationError(f"{self.name}() got multiple values for argument {key!r}")
+        merged.update(kwargs)
+        return merged
+
+    def validate(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Check arguments against the signature. Returns (python values, JSON values)."""
+        try:
+            model = self.args_model.model_validate(kwargs)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'arguments'}: {err['msg']}"
+                for err in exc.errors()
+            )
+            raise ToolValidationError(f"invalid arguments for {self.name}: {problems}") from None
+        values = {name: getattr(model, name) for name in type(model).model_fields}
+        return values, model.model_dump(mode="json")
+
+    def encode_result(self, value: Any) -> Any:
+        return self.result_adapter.dump_python(value, mode="json")
+
+    def decode_result(self, value: Any) -> Any:
+        return self.result_adapter.validate_python(value)
+
+    def run_compensation(self, args: dict[str, Any], result: Any, key: str) -> Any:
+        assert self.compensate is not None
+        values = {**args, "result": result, IDEMPOTENCY_KEY: f"{key}:compensate"}
+        outcome = _call_with_accepted(self.compensate, values)
+        if inspect.isawaitable(outcome):
+            return asyncio.run(_await(outcome))
+        return outcome
+
+    def run_reconcile(self, args: dict[str, Any], key: str) -> Reconciled:
+        assert self.reconcile is not None
+        outcome = _call_with_accepted(self.reconcile, {**args, IDEMPOTENCY_KEY: key})
+        if inspect.isawaitable(outcome):
+            outcome = asyncio.run(_await(outcome))
+        if not isinstance(outcome, Reconciled):
+            raise TypeError(
+                f"reconcile hook of {self.name} must return baton.Reconciled, not {type(outcome).__name__}"
+            )
+        return outcome
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
+
+
+@overload
+def tool(fn: Callable[P, R], /) -> Tool[P, R]: ...
+
+
+@overload
+def tool(
+    *,
+    name: str | None = None,
+    idempotent: bool = False,
+    retries: int = 0,
+    timeout: float | None = None,
+    backoff: float = 0.5,
+    max_backoff: float = 30.0,
+    retry_on: tuple[type[BaseException], ...] = (Exception,),
+    give_up_on: tuple[type[BaseException], ...] = (),
+    compensate: Callable[..., Any] | None = None,
+    reconcile: Callable[..., Any] | None = None,
+) -> Callable[[Callable[P, R]], Tool[P, R]]: ...
+
+
+def tool(
+    fn: Callable[P, R] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    idempotent: bool = False,
+    retries: int = 0,
+    timeout: float | None = None,
+    backoff: float = 0.5,
+    max_backoff: float = 30.0,
+    retry_on: tuple[type[BaseException], ...] = (Exception,),
+    give_up_on: tuple[type[BaseException], ...] = (),
+    compensate: Callable[..., Any] | None = None,
+    reconcile: Callable[..., Any] | None = None,
+) -> Tool[P, R] | Callable[[Callable[P, R]], Tool[P, R]]:
+    """Declare a tool.
+
+    ``idempotent=True`` promises that calling twice with the same ``idempotency_key`` has
+    the effect of calling once; Baton then retries an interrupted call. Without it, Baton
+    records the intent before calling and never repeats an interrupted call on a guess: it
+    asks ``reconcile`` or pauses the run for a person.
+
+    >>> @tool(idempotent=True, retries=3, timeout=5.0)
+    ... def issue_refund(order_id: str, amount: float, *, idempotency_key: str) -> dict: ...
+    """
+
+    def wrap(f: Callable[P, R]) -> Tool[P, R]:
+        return Tool(
+            fn=f,
+            name=name or f.__name__,
+            idempotent=idempotent,
+            timeout=timeout,
+            retry=RetryPolicy(retries, backoff, max_backoff, retry_on, give_up_on),
+            compensate=compensate,
+            reconcile=reconcile,
+        )
+
+    return wrap(fn) if fn is not None else wrap
