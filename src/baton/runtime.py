@@ -8,6 +8,7 @@ import json
 import logging
 import secrets
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .clock import Clock, SystemClock
@@ -26,6 +27,16 @@ if TYPE_CHECKING:
     from .engine.worker import Worker
 
 log = logging.getLogger("baton")
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A run we hold the lease on. ``previous_owner`` is set when we took it over from a
+    worker that died or stopped renewing its lease, and ``reason`` says which."""
+
+    record: RunRecord
+    previous_owner: str | None = None
+    reason: str = ""
 
 
 def new_run_id(now: float) -> str:
@@ -107,45 +118,46 @@ class Baton:
 
     # -- driving --------------------------------------------------------------------
 
-    def acquire(self, run_id: str) -> tuple[RunRecord, str | None] | None:
-        """Take the lease on a run. Returns the run and the previous owner if we took it
-        over from a dead or expired one; ``None`` if a live worker holds it."""
+    def acquire(self, run_id: str) -> Claim | None:
+        """Take the lease on a run; ``None`` if a live worker holds it."""
         record = self.get_run(run_id)
         now = self.clock.time()
         previous = record.owner if record.owner not in (None, self.owner) else None
-        expected = None
-        if previous is not None and (record.lease_expires_at or 0) >= now:
-            if owner_alive(previous) is not False:
-                return None
-            expected = previous
+        expected, why = None, ""
+        if previous is not None:
+            why = f"its lease expired ({describe_owner(previous)} stopped renewing it)"
+            if (record.lease_expires_at or 0) >= now:
+                if owner_alive(previous) is not False:
+                    return None
+                expected, why = previous, f"the process that held it ({describe_owner(previous)}) is gone"
         if not self.store.claim(run_id, self.owner, now, self.settings.lease_seconds, expected):
             return None
         claimed = self.store.get_run(run_id)
         assert claimed is not None
-        return claimed, previous
+        return Claim(claimed, previous, why)
 
     def execute(self, run_id: str, listener: Listener | None = None) -> Outcome | None:
         """Claim a run and execute it until it stops. ``None`` if someone else has it."""
         claim = self.acquire(run_id)
         if claim is None:
             return None
-        record, previous = claim
         try:
-            if record.status.terminal:
-                return Outcome(record.status)
-            return self._execute(record, previous, listener)
+            if claim.record.status.terminal:
+                return Outcome(claim.record.status)
+            return self._execute(claim, listener)
         finally:
             self.leases.remove(run_id)
             self.store.release(run_id, self.owner)
 
-    def _execute(self, record: RunRecord, previous: str | None,
-                 listener: Listener | None) -> Outcome | None:
+    def _execute(self, claim: Claim, listener: Listener | None) -> Outcome | None:
+        record, previous = claim.record, claim.previous_owner
         events = [decode(row) for row in self.store.read(record.run_id)]
+        workflow: Workflow | None = None
+        load_error = ""
         try:
             workflow = self.workflow_for(record.workflow_ref)
         except BatonError as exc:
-            workflow = None
-            load_error = exc
+            load_error = exc.message
         x = Execution(store=self.store, settings=self.settings, clock=self.clock, pool=self.pool,
                       run=record, workflow=workflow or Workflow(lambda ctx: None, record.workflow),
                       events=events, owner=self.owner, listener=listener)
@@ -154,7 +166,7 @@ class Baton:
             if previous is not None:
                 x.append([ev.RunRecovered(
                     worker=self.owner, previous_owner=previous,
-                    reason=f"previous owner ({describe_owner(previous)}) died or its lease expired",
+                    reason=claim.reason,
                 )])
                 count = x.state.recoveries_since_progress
                 if count > self.settings.max_recoveries:
@@ -164,7 +176,8 @@ class Baton:
                         run_id=record.run_id,
                     )
             if workflow is None:
-                x.needs_attention(0, f"cannot load workflow {record.workflow_ref}: {load_error.message}")
+                x.needs_attention(0, f"cannot load workflow {record.workflow_ref}: {load_error}")
+            assert workflow is not None
             return self._run_workflow(x, workflow)
         except _Suspend:
             return Outcome(self.get_run(record.run_id).status)
@@ -246,7 +259,7 @@ class Baton:
         claim = self.acquire(run_id)
         if claim is None:
             raise UsageError(f"run {run_id} is being executed by another worker; try again")
-        record, _ = claim
+        record = claim.record
         try:
             events = [decode(r) for r in self.store.read(run_id)]
             x = Execution(store=self.store, settings=self.settings, clock=self.clock,

@@ -56,8 +56,18 @@ class RetryPolicy:
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        base = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
-        return base * (0.5 + random.random() / 2)
+        base = min(self.max_backoff, self.backoff * 2.0 ** (attempt - 1))
+        return float(base * (0.5 + random.random() / 2))
+
+
+def _signature(fn: Callable[..., Any]) -> inspect.Signature:
+    """``fn``'s signature with string annotations (``from __future__ import annotations``)
+    evaluated, so that Pydantic sees the real types. Names that cannot be resolved from the
+    function's module (types local to another function) are left as strings."""
+    try:
+        return inspect.signature(fn, eval_str=True)
+    except (NameError, AttributeError, SyntaxError, TypeError):
+        return inspect.signature(fn)
 
 
 def _call_with_accepted(fn: Callable[..., Any], values: dict[str, Any]) -> Any:
@@ -82,7 +92,7 @@ class Tool(Generic[P, R]):
     description: str = ""
 
     def __post_init__(self) -> None:
-        signature = inspect.signature(self.fn)
+        signature = _signature(self.fn)
         self.is_async = inspect.iscoroutinefunction(self.fn)
         self.wants_key = IDEMPOTENCY_KEY in signature.parameters
         fields: dict[str, Any] = {}

@@ -117,9 +117,9 @@ def _import_file(path: Path) -> Any:
     _FILE_MODULES[module_name] = path
     try:
         spec.loader.exec_module(module)
-    except BaseException:
+    except Exception as exc:
         del sys.modules[module_name]
-        raise
+        raise WorkflowNotFound(f"cannot load {path}: {type(exc).__name__}: {exc}") from exc
     return module
 
 
@@ -138,6 +138,8 @@ def load_workflow(ref: str) -> Workflow:
             module = importlib.import_module(target)
         except ModuleNotFoundError as exc:
             raise WorkflowNotFound(f"cannot import module {target!r}: {exc}") from None
+        except Exception as exc:
+            raise WorkflowNotFound(f"cannot load {target}: {type(exc).__name__}: {exc}") from exc
     found = getattr(module, attr, None)
     if found is None:
         raise WorkflowNotFound(f"{target} has no workflow named {attr!r}")

@@ -49,7 +49,7 @@ class LeaseKeeper:
             return
         try:
             still = self.store.renew(self.owner, list(held), self.clock.time(), self.settings.lease_seconds)
-        except Exception:  # noqa: BLE001 - a transient database error must not kill the thread
+        except Exception:
             log.exception("lease renewal failed; will retry")
             return
         for run_id, execution in held.items():

@@ -47,8 +47,6 @@ class IndexUpdate:
         match event:
             case ev.RunStarted():
                 self._set(RunStatus.PENDING)
-            case ev.RunRecovered() | ev.TimerFired() | ev.StepResolved():
-                self._set(RunStatus.RUNNING)
             case ev.SignalReceived(signal_id=signal_id):
                 self._set(RunStatus.RUNNING)
                 if signal_id is not None:
@@ -73,7 +71,8 @@ class IndexUpdate:
                 self._set(RunStatus.CANCELLED)
                 self.outcome = reason
             case _:
-                pass
+                # Any other event (a step, a recovery, a fired timer) means the run is moving.
+                self._set(RunStatus.RUNNING)
 
     def _set(self, status: RunStatus) -> None:
         self.status = status

@@ -21,7 +21,8 @@ class Migration:
 
     def statements(self) -> list[str]:
         """The migration's statements; each ends with ``;`` at the end of a line."""
-        out, current = [], []
+        out: list[str] = []
+        current: list[str] = []
         for line in self.sql.splitlines():
             if line.strip().startswith("--") and not current:
                 continue

@@ -1,0 +1,29 @@
+# Two commands on a fresh clone: `make demo` and `make test`. Each builds .venv if needed.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: demo test lint typecheck bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --upgrade pip
+	@$(BIN)/python -m pip install --quiet -e ".[test]"
+	@rm -f $(VENV)/.installed-* && touch $@
+
+demo: $(STAMP)
+	@$(BIN)/baton demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python bench/step_overhead.py
+
+clean:
+	rm -rf $(VENV) .baton .pytest_cache .mypy_cache .ruff_cache .hypothesis

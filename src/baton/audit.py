@@ -1,0 +1,73 @@
+"""Checking that the record was not edited: every run's hash chain, and that the chain
+still reaches the head the run index recorded (which catches a truncated tail)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .journal import GENESIS_HASH
+from .store import Store
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    run_id: str
+    seq: int
+    what: str
+
+    def __str__(self) -> str:
+        return f"run {self.run_id}, event {self.seq}: {self.what}"
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    runs: int
+    events: int
+    problems: list[Problem]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify_run(store: Store, run_id: str) -> tuple[int, Problem | None]:
+    """Recompute one run's chain. Returns (events checked, first problem or None)."""
+    rows = store.read(run_id)
+    prev, expected = GENESIS_HASH, 1
+    for row in rows:
+        if row.seq != expected:
+            what = "missing" if row.seq > expected else "out of order or duplicated"
+            return len(rows), Problem(run_id, expected, f"event {expected} is {what}")
+        if row.hash != row.expected_hash(prev):
+            return len(rows), Problem(
+                run_id, row.seq,
+                f"{row.type} does not match its hash: the event or one before it was changed",
+            )
+        prev, expected = row.hash, expected + 1
+    record = store.get_run(run_id)
+    if record is not None:
+        last = rows[-1].seq if rows else 0
+        if last < record.head_seq:
+            return len(rows), Problem(
+                run_id, last + 1,
+                f"the journal ends at event {last} but the run's head is event {record.head_seq}: "
+                "events were removed from the end",
+            )
+        if last > record.head_seq or (rows and record.head_hash != prev):
+            return len(rows), Problem(
+                run_id, record.head_seq,
+                "the journal does not end at the head recorded for the run: it was rewritten",
+            )
+    return len(rows), None
+
+
+def verify(store: Store, run_id: str | None = None) -> VerifyReport:
+    run_ids = [run_id] if run_id else store.all_run_ids()
+    problems: list[Problem] = []
+    total = 0
+    for rid in run_ids:
+        count, problem = verify_run(store, rid)
+        total += count
+        if problem is not None:
+            problems.append(problem)
+    return VerifyReport(len(run_ids), total, problems)

@@ -1,0 +1,289 @@
+"""The ``baton`` command line."""
+
+from __future__ import annotations
+
+import json
+import signal as signals
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from ..errors import BatonError, UsageError
+from ..journal import RunStatus
+from ..journal import events as ev
+from ..runtime import Baton
+from ..settings import Settings
+from .render import TimelineRenderer, run_json, runs_table, status_text, timeline_table
+
+app = typer.Typer(
+    name="baton", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    help="Baton: durable, governed, auditable runs for AI agents.",
+)
+runs_app = typer.Typer(no_args_is_help=True, help="Inspect runs.")
+audit_app = typer.Typer(no_args_is_help=True, help="Prove the record was not edited.")
+db_app = typer.Typer(no_args_is_help=True, help="The database schema.")
+app.add_typer(runs_app, name="runs")
+app.add_typer(audit_app, name="audit")
+app.add_typer(db_app, name="db")
+
+out = Console()
+err = Console(stderr=True)
+
+DatabaseOpt = Annotated[
+    str | None,
+    typer.Option("--db", envvar="BATON_DATABASE_URL", show_envvar=True,
+                 help="Database URL, e.g. sqlite:///.baton/baton.db"),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def _baton(db: str | None) -> Baton:
+    return Baton(Settings.from_env(database_url=db))
+
+
+def _parse_json(text: str | None, what: str) -> Any:
+    if text is None:
+        return None
+    if text.startswith("@"):
+        path = Path(text[1:])
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise UsageError(f"cannot read {what} from {path}: {exc.strerror}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{what} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+
+
+def _progress_printer() -> Any:
+    renderer = TimelineRenderer()
+
+    def listener(run_id: str, events: list[ev.Event]) -> None:
+        for event in events:
+            text = renderer.line(event)
+            if text is not None:
+                out.print(f"  {text}", highlight=False)
+
+    return listener
+
+
+def _report(record: Any) -> int:
+    status = record.status
+    out.print(f"run [bold]{record.run_id}[/] is {status_text(status.value)}", highlight=False)
+    if status is RunStatus.SLEEPING:
+        out.print("  a worker will continue it when its timer fires: [bold]baton worker[/]")
+    elif status is RunStatus.WAITING:
+        out.print(f"  send it the signal: [bold]baton signal {record.run_id} {record.waiting_for} --data JSON[/]")
+    elif status is RunStatus.NEEDS_ATTENTION:
+        out.print(f"  {record.outcome}\n  see: [bold]baton runs show {record.run_id}[/]", highlight=False)
+    elif status is RunStatus.FAILED:
+        out.print(f"  {record.outcome}", highlight=False)
+        return 1
+    return 0
+
+
+@app.command()
+def run(
+    target: Annotated[str, typer.Argument(help="FILE.py:WORKFLOW or module:WORKFLOW")],
+    input: Annotated[str | None, typer.Option("--input", "-i", help="Input as JSON, or @file.json")] = None,
+    principal: Annotated[str | None, typer.Option("--as", help="Who the run acts for.")] = None,
+    wait: Annotated[bool, typer.Option(help="Wait out long timers instead of leaving them to a worker.")] = False,
+    db: DatabaseOpt = None,
+) -> None:
+    """Start a run and drive it until it completes, fails or has to wait."""
+    data = _parse_json(input, "--input") or {}
+    if not isinstance(data, dict):
+        raise UsageError("--input must be a JSON object of the workflow's parameters")
+    with _baton(db) as baton:
+        run_id = baton.start(target, data, principal=principal)
+        out.print(f"started run [bold]{run_id}[/]", highlight=False)
+        record = baton.drive(run_id, listener=_progress_printer(), wait_for_timers=wait)
+        raise typer.Exit(_report(record))
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1, help="Runs at once.")] = 1,
+    until_idle: Annotated[bool, typer.Option("--until-idle", help="Exit when nothing is left to do.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Do not print progress.")] = False,
+    db: DatabaseOpt = None,
+) -> None:
+    """Execute runnable runs, and take over runs whose worker died."""
+    with _baton(db) as baton:
+        w = baton.worker(concurrency=concurrency, listener=None if quiet else _tagged_printer())
+        signals.signal(signals.SIGTERM, lambda *_: w.stop())
+        if not quiet:
+            err.print(f"worker {baton.owner} ({baton.settings.database_url}), concurrency {concurrency}")
+        try:
+            count = w.run(until_idle=until_idle)
+        except KeyboardInterrupt:
+            w.stop()
+            count = w.executed
+        if not quiet:
+            err.print(f"worker done: {count} executions")
+
+
+def _tagged_printer() -> Any:
+    renderers: dict[str, TimelineRenderer] = {}
+
+    def listener(run_id: str, events: list[ev.Event]) -> None:
+        renderer = renderers.setdefault(run_id, TimelineRenderer())
+        for event in events:
+            text = renderer.line(event)
+            if text is not None:
+                out.print(f"[dim]{run_id[-8:]}[/] {text}", highlight=False)
+
+    return listener
+
+
+@app.command()
+def resume(run_id: str, db: DatabaseOpt = None) -> None:
+    """Continue a run here and now (e.g. after resolving it)."""
+    with _baton(db) as baton:
+        record = baton.drive(run_id, listener=_progress_printer())
+        raise typer.Exit(_report(record))
+
+
+@app.command()
+def cancel(run_id: str, db: DatabaseOpt = None) -> None:
+    """Cancel a run: undo its completed steps (newest first) and stop it."""
+    with _baton(db) as baton:
+        run_id = baton.resolve_run_id(run_id)
+        baton.cancel(run_id)
+        record = baton.drive(run_id, listener=_progress_printer())
+        if record.status is not RunStatus.CANCELLED:
+            out.print(f"cancellation of {run_id} requested; the worker running it will stop it at its next step")
+            return
+        raise typer.Exit(_report(record))
+
+
+@app.command("signal")
+def send_signal(
+    run_id: str,
+    name: str,
+    data: Annotated[str | None, typer.Option("--data", "-d", help="JSON payload, or @file.json")] = None,
+    db: DatabaseOpt = None,
+) -> None:
+    """Send a signal to a run waiting in ctx.wait_for(NAME)."""
+    with _baton(db) as baton:
+        run_id = baton.resolve_run_id(run_id)
+        baton.signal(run_id, name, _parse_json(data, "--data"))
+        out.print(f"signal [bold]{name}[/] sent to {run_id}", highlight=False)
+
+
+@app.command()
+def resolve(
+    run_id: str,
+    step: Annotated[int, typer.Argument(help="The in-doubt step's number.")],
+    applied: Annotated[bool, typer.Option("--applied/--not-applied",
+                                          help="Did the interrupted call take effect?")],
+    result: Annotated[str | None, typer.Option(help="Its result as JSON, if it took effect.")] = None,
+    by: Annotated[str, typer.Option(help="Who is deciding.")] = "operator",
+    note: Annotated[str, typer.Option(help="Why.")] = "",
+    db: DatabaseOpt = None,
+) -> None:
+    """Settle an in-doubt step of a run that needs attention, then continue it."""
+    with _baton(db) as baton:
+        run_id = baton.resolve_run_id(run_id)
+        baton.resolve_step(run_id, step, applied=applied, result=_parse_json(result, "--result"),
+                           by=by, note=note)
+        record = baton.drive(run_id, listener=_progress_printer())
+        raise typer.Exit(_report(record))
+
+
+@runs_app.command("list")
+def runs_list(
+    status: Annotated[RunStatus | None, typer.Option(help="Only runs with this status.")] = None,
+    limit: Annotated[int, typer.Option(min=1)] = 50,
+    as_json: JsonOpt = False,
+    db: DatabaseOpt = None,
+) -> None:
+    """List runs, newest first."""
+    with _baton(db) as baton:
+        records = baton.store.list_runs(status=status, limit=limit)
+        if as_json:
+            print(json.dumps([run_json(r) for r in records], indent=2))
+        elif not records:
+            out.print("no runs")
+        else:
+            out.print(runs_table(records))
+
+
+@runs_app.command("show")
+def runs_show(run_id: str, as_json: JsonOpt = False, db: DatabaseOpt = None) -> None:
+    """Show a run and its timeline."""
+    with _baton(db) as baton:
+        record = baton.get_run(baton.resolve_run_id(run_id))
+        rows = baton.journal(record.run_id)
+        if as_json:
+            body = run_json(record)
+            body["journal"] = [
+                {"seq": r.seq, "type": r.type, "at": r.at, "data": json.loads(r.data), "hash": r.hash}
+                for r in rows
+            ]
+            print(json.dumps(body, indent=2))
+            return
+        out.print(f"[bold]{record.run_id}[/]  {record.workflow}  {status_text(record.status.value)}"
+                  f"  [dim]{record.workflow_ref}[/]", highlight=False)
+        if record.status is RunStatus.NEEDS_ATTENTION and record.outcome:
+            out.print(f"[bold yellow]needs attention:[/] {record.outcome}", highlight=False)
+        from ..journal import decode
+
+        out.print(timeline_table([(r.seq, r.at, decode(r)) for r in rows]))
+
+
+@audit_app.command("verify")
+def audit_verify(
+    run_id: Annotated[str | None, typer.Option("--run", help="Only this run.")] = None,
+    db: DatabaseOpt = None,
+) -> None:
+    """Recompute every hash chain; exit 1 naming the first broken event."""
+    from ..audit import verify
+
+    with _baton(db) as baton:
+        report = verify(baton.store, baton.resolve_run_id(run_id) if run_id else None)
+        if report.ok:
+            out.print(f"[green]✓ audit chain intact[/]: {report.runs} runs, {report.events} events verified")
+            return
+        for problem in report.problems:
+            err.print(f"[bold red]✗ tampering detected[/]: {problem}", highlight=False)
+        raise typer.Exit(1)
+
+
+@db_app.command("upgrade")
+def db_upgrade(db: DatabaseOpt = None) -> None:
+    """Apply pending schema migrations (SQLite databases are upgraded on open anyway)."""
+    with _baton(db) as baton:
+        version = getattr(baton.store, "schema_version", lambda: "?")()
+        out.print(f"database schema at version {version}")
+
+
+@db_app.command("status")
+def db_status(db: DatabaseOpt = None) -> None:
+    """Show the schema version."""
+    with _baton(db) as baton:
+        version = getattr(baton.store, "schema_version", lambda: "?")()
+        out.print(f"{baton.settings.database_url}: schema version {version}, up to date")
+
+
+@app.command()
+def demo(
+    keep: Annotated[bool, typer.Option(help="Keep the previous demo database instead of starting fresh.")] = False,
+) -> None:
+    """Tell the refund story: approval-free for now, with a real crash in the middle."""
+    from ..demo.story import run_demo
+
+    raise typer.Exit(run_demo(out, fresh=not keep))
+
+
+def main() -> None:
+    """Entry point: usage errors are reported by Typer; Baton's own errors become one line."""
+    try:
+        app()
+    except BatonError as exc:
+        err.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        sys.exit(1)

@@ -1,0 +1,141 @@
+"""Turning journal events into lines a person can read: the live progress of
+``baton run`` and the timeline of ``baton runs show``."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from rich.markup import escape
+from rich.table import Table
+
+from ..engine.owner import describe_owner
+from ..journal import events as ev
+from ..store import RunRecord
+
+STATUS_STYLE = {
+    "pending": "cyan", "running": "cyan", "sleeping": "blue", "waiting": "blue",
+    "needs_attention": "bold yellow", "completed": "green", "failed": "bold red",
+    "cancelled": "magenta",
+}
+
+
+def short(value: Any, limit: int = 80) -> str:
+    text = json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def call_text(name: str, args: dict[str, Any]) -> str:
+    inner = ", ".join(f"{k}={short(v, 40)}" for k, v in args.items())
+    return f"{name}({inner})"
+
+
+def clock_time(stamp: str) -> str:
+    """``2026-11-26T11:44:14.123456Z`` → ``11:44:14.123``."""
+    return stamp[11:23] if len(stamp) >= 23 else stamp
+
+
+def status_text(status: str) -> str:
+    return f"[{STATUS_STYLE.get(status, 'white')}]{status}[/]"
+
+
+class TimelineRenderer:
+    """Feeds on events in order; remembers step names so outcomes can name their step."""
+
+    def __init__(self) -> None:
+        self.names: dict[int, str] = {}
+        self.args: dict[int, dict[str, Any]] = {}
+
+    def line(self, event: ev.Event) -> str | None:
+        """A Rich-markup line for ``event``, or ``None`` for events folded into others."""
+        match event:
+            case ev.RunStarted():
+                who = f" for [bold]{escape(event.principal)}[/]" if event.principal else ""
+                return f"[bold]▶ started[/] {escape(call_text(event.workflow, event.input))}{who}"
+            case ev.StepStarted(step_id=sid):
+                self.names[sid], self.args[sid] = event.name, event.args
+                if event.idempotent:
+                    return None
+                return (f"[dim]… step {sid}[/] {escape(call_text(event.name, event.args))} "
+                        f"[dim]intent recorded (attempt {event.attempt})[/]")
+            case ev.StepCompleted(step_id=sid):
+                name = self.names.get(sid, "?")
+                return (f"[green]✓ step {sid}[/] {escape(call_text(name, self.args.get(sid, {})))}"
+                        f" → {escape(short(event.result))}")
+            case ev.StepFailed(step_id=sid):
+                name = self.names.get(sid, "?")
+                tail = (f"retrying in {event.retry_in:.2f}s" if event.retry_in is not None
+                        else "giving up")
+                return (f"[red]✗ step {sid}[/] {escape(name)} attempt {event.attempt} failed: "
+                        f"{escape(event.error.type)}: {escape(event.error.message)} [dim]({tail})[/]")
+            case ev.StepReconciled(step_id=sid):
+                verdict = "had taken effect" if event.applied else "had not taken effect"
+                return f"[yellow]? step {sid}[/] reconciled: the interrupted call {verdict}"
+            case ev.StepResolved(step_id=sid):
+                verdict = "took effect" if event.applied else "did not take effect"
+                return f"[yellow]? step {sid}[/] resolved by {escape(event.by)}: {verdict}"
+            case ev.ValueRecorded(step_id=sid):
+                return f"[dim]· step {sid} {event.kind} = {escape(short(event.value))}[/]"
+            case ev.TimerSet(step_id=sid):
+                fire = datetime.fromtimestamp(event.fire_at, UTC).strftime("%H:%M:%S")
+                return f"[blue]◷ step {sid}[/] sleeping until {fire} UTC"
+            case ev.TimerFired(step_id=sid):
+                return f"[blue]◷ step {sid}[/] timer fired"
+            case ev.SignalAwaited(step_id=sid):
+                return f"[blue]◷ step {sid}[/] waiting for signal {escape(repr(event.name))}"
+            case ev.SignalReceived(step_id=sid):
+                return f"[blue]✉ step {sid}[/] signal {escape(repr(event.name))}: {escape(short(event.data))}"
+            case ev.RunRecovered():
+                return (f"[bold yellow]⟳ taken over[/] by {escape(describe_owner(event.worker))}: "
+                        f"{escape(event.reason)}")
+            case ev.NeedsAttention():
+                return f"[bold yellow]! needs attention[/]: {escape(event.reason)}"
+            case ev.Compensated(step_id=sid):
+                ok = "undone" if event.ok else f"undo failed: {event.error.message if event.error else ''}"
+                return f"[magenta]↶ step {sid}[/] {escape(event.name)} {escape(ok)}"
+            case ev.RunCompleted():
+                return f"[bold green]■ completed[/] → {escape(short(event.result, 120))}"
+            case ev.RunFailed():
+                return f"[bold red]■ failed[/]: {escape(event.error.type)}: {escape(event.error.message)}"
+            case ev.RunCancelled():
+                return f"[magenta]■ cancelled[/]: {escape(event.reason)}"
+        return f"{type(event).__name__}"
+
+
+def timeline_table(rows: list[tuple[int, str, ev.Event]]) -> Table:
+    table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+    table.add_column("#", justify="right", style="dim")
+    table.add_column("time (UTC)", style="dim")
+    table.add_column("event", overflow="fold")
+    renderer = TimelineRenderer()
+    for seq, at, event in rows:
+        text = renderer.line(event)
+        if text is not None:
+            table.add_row(str(seq), clock_time(at), text)
+    return table
+
+
+def runs_table(records: list[RunRecord]) -> Table:
+    table = Table(header_style="bold", box=None)
+    for column in ("run", "workflow", "status", "events", "started (UTC)", "for"):
+        table.add_column(column)
+    for r in records:
+        started = datetime.fromtimestamp(r.created_at, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        table.add_row(r.run_id, escape(r.workflow), status_text(r.status.value), str(r.head_seq),
+                      started, escape(r.principal or ""))
+    return table
+
+
+def run_json(record: RunRecord) -> dict[str, Any]:
+    outcome: Any = record.outcome
+    if record.status.value == "completed" and outcome is not None:
+        outcome = json.loads(outcome)
+    return {
+        "run_id": record.run_id, "workflow": record.workflow, "workflow_ref": record.workflow_ref,
+        "status": record.status.value, "created_at": record.created_at,
+        "updated_at": record.updated_at, "events": record.head_seq, "head_hash": record.head_hash,
+        "principal": record.principal, "tenant": record.tenant, "wake_at": record.wake_at,
+        "waiting_for": record.waiting_for, "outcome": outcome, "owner": record.owner,
+        "cancel_requested": record.cancel_requested,
+    }
