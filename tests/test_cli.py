@@ -1,0 +1,135 @@
+"""The command line, driven as a person would: real processes, a real database file."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "order_followup.py"
+
+
+def baton(tmp_path: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "BATON_DATABASE_URL": f"sqlite:///{tmp_path}/baton.db", "COLUMNS": "200"}
+    proc = subprocess.run([sys.executable, "-m", "baton", *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"baton {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def only_run_id(tmp_path: Path) -> str:
+    runs = json.loads(baton(tmp_path, "runs", "list", "--json").stdout)
+    assert len(runs) == 1
+    return str(runs[0]["run_id"])
+
+
+def test_demo_tells_the_story(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "baton", "demo"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "Killing worker 1" in out and "SIGKILL" in out
+    assert "taken over" in out
+    assert "order 98765 was refunded exactly once" in out
+    assert "failed once (SMTP 421) and the retry delivered it" in out
+    assert "audit chain verified" in out
+    assert "✗" not in out.split("Proof")[1]
+    services = sqlite3.connect(tmp_path / ".baton" / "demo" / "services.db")
+    assert services.execute("SELECT COUNT(*) FROM refunds").fetchone()[0] == 1
+
+
+def test_example_runs_end_to_end(tmp_path: Path) -> None:
+    started = baton(tmp_path, "run", f"{EXAMPLE}:follow_up", "--input", '{"order_id": "98765"}')
+    assert "waiting for signal 'customer_reply'" in started.stdout
+    run_id = only_run_id(tmp_path)
+    baton(tmp_path, "signal", run_id[:12], "customer_reply", "--data", '{"satisfied": true}')
+    baton(tmp_path, "worker", "--until-idle", "--quiet")
+    shown = json.loads(baton(tmp_path, "runs", "show", run_id, "--json").stdout)
+    assert shown["status"] == "completed"
+    assert shown["outcome"]["reply"] == {"satisfied": True}
+    types = [e["type"] for e in shown["journal"]]
+    assert types[0] == "RunStarted" and types[-1] == "RunCompleted"
+    assert "SignalReceived" in types and "TimerFired" in types
+    assert "audit chain intact" in baton(tmp_path, "audit", "verify").stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "nope.py:wf"], "nope.py does not exist"),
+        (["run", f"{EXAMPLE}:missing"], "has no workflow named 'missing'"),
+        (["run", f"{EXAMPLE}:follow_up", "--input", "{bad"], "--input is not valid JSON"),
+        (["run", f"{EXAMPLE}:follow_up", "--input", '{"order": 1}'], "order_id: Field required"),
+        (["run", f"{EXAMPLE}:follow_up", "--input", "[1]"], "--input must be a JSON object"),
+        (["runs", "show", "doesnotexist"], "no run 'doesnotexist'"),
+        (["signal", "doesnotexist", "x"], "no run 'doesnotexist'"),
+        (["cancel", "doesnotexist"], "no run 'doesnotexist'"),
+    ],
+)
+def test_mistakes_are_one_clear_line(tmp_path: Path, args: list[str], message: str) -> None:
+    proc = baton(tmp_path, *args, check=False)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error:") and message in lines[0], proc.stderr
+
+
+def test_audit_verify_names_the_tampered_event(tmp_path: Path) -> None:
+    baton(tmp_path, "run", f"{EXAMPLE}:follow_up", "--input", '{"order_id": "98765", "wait_seconds": 0}')
+    run_id = only_run_id(tmp_path)
+    db = sqlite3.connect(tmp_path / "baton.db")
+    with db:
+        db.execute("UPDATE events SET data = replace(data, '98765', '98766') WHERE run_id = ? AND seq = 3",
+                   (run_id,))
+    proc = baton(tmp_path, "audit", "verify", check=False)
+    assert proc.returncode == 1
+    assert f"run {run_id}, event 3" in proc.stderr
+
+
+CRASHING = textwrap.dedent('''
+    import os, signal
+    from pathlib import Path
+    from baton import Context, tool, workflow
+
+    LEDGER = Path(__file__).with_name("ledger.txt")
+
+    @tool
+    def charge_card(amount: float) -> dict:
+        with LEDGER.open("a") as f:
+            f.write(f"charged {amount}\\n")
+        os.kill(os.getpid(), signal.SIGKILL)   # the process dies mid-call
+        return {"ok": True}
+
+    @workflow
+    def pay(ctx: Context, amount: float) -> dict:
+        return ctx.call(charge_card, amount=amount)
+''')
+
+
+def test_in_doubt_step_is_explained_and_resolved(tmp_path: Path) -> None:
+    script = tmp_path / "pay.py"
+    script.write_text(CRASHING)
+    proc = baton(tmp_path, "run", f"{script}:pay", "--input", '{"amount": 42}', check=False)
+    assert proc.returncode == -9
+    run_id = only_run_id(tmp_path)
+    worked = baton(tmp_path, "worker", "--until-idle", "--quiet")
+    assert worked.returncode == 0
+    shown = baton(tmp_path, "runs", "show", run_id)
+    assert "needs_attention" in shown.stdout
+    assert "step 1 (charge_card) was interrupted" in shown.stdout
+    assert (tmp_path / "ledger.txt").read_text() == "charged 42.0\n"   # never re-run on a guess
+    resolved = baton(tmp_path, "resolve", run_id, "1", "--applied", "--result", '{"ok": true}',
+                     "--by", "bob", "--note", "card statement shows the charge")
+    assert "completed" in resolved.stdout
+    shown_json = json.loads(baton(tmp_path, "runs", "show", run_id, "--json").stdout)
+    assert shown_json["outcome"] == {"ok": True}
+    assert (tmp_path / "ledger.txt").read_text() == "charged 42.0\n"
