@@ -31,9 +31,16 @@ class VerifyReport:
 
 
 def verify_run(store: Store, run_id: str) -> tuple[int, Problem | None]:
-    """Recompute one run's chain. Returns (events checked, first problem or None)."""
+    """Recompute one run's chain. Returns (events checked, first problem or None).
+
+    The run's head is read before and after its events, so a run that a worker is appending
+    to while it is audited is not mistaken for a truncated one.
+    """
+    before = store.get_run(run_id)
     rows = store.read(run_id)
+    after = store.get_run(run_id)
     prev, expected = GENESIS_HASH, 1
+    hashes: dict[int, str] = {}
     for row in rows:
         if row.seq != expected:
             what = "missing" if row.seq > expected else "out of order or duplicated"
@@ -43,21 +50,26 @@ def verify_run(store: Store, run_id: str) -> tuple[int, Problem | None]:
                 run_id, row.seq,
                 f"{row.type} does not match its hash: the event or one before it was changed",
             )
+        hashes[row.seq] = row.hash
         prev, expected = row.hash, expected + 1
-    record = store.get_run(run_id)
-    if record is not None:
-        last = rows[-1].seq if rows else 0
-        if last < record.head_seq:
+    last = rows[-1].seq if rows else 0
+    if before is not None and before.head_seq > 0:
+        if last < before.head_seq:
             return len(rows), Problem(
                 run_id, last + 1,
-                f"the journal ends at event {last} but the run's head is event {record.head_seq}: "
+                f"the journal ends at event {last} but the run's head is event {before.head_seq}: "
                 "events were removed from the end",
             )
-        if last > record.head_seq or (rows and record.head_hash != prev):
+        if hashes.get(before.head_seq) != before.head_hash:
             return len(rows), Problem(
-                run_id, record.head_seq,
-                "the journal does not end at the head recorded for the run: it was rewritten",
+                run_id, before.head_seq,
+                "the journal does not reach the head recorded for the run: it was rewritten",
             )
+    if after is not None and last > after.head_seq:
+        return len(rows), Problem(
+            run_id, after.head_seq + 1,
+            f"event {after.head_seq + 1} lies beyond the run's recorded head: it was added afterwards",
+        )
     return len(rows), None
 
 

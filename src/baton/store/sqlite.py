@@ -179,18 +179,28 @@ class SqliteStore:
             params += [update.status.value, update.wake_at, update.waiting_for, update.outcome]
         sql += " WHERE run_id = ? AND head_seq = ?"
         params += [run_id, expected_head]
-        with self._tx() as conn:
-            if conn.execute(sql, params).rowcount != 1:
-                raise AppendConflict(
-                    f"run {run_id} has moved past seq {expected_head}: another worker owns it now",
-                    run_id=run_id,
-                )
-            self._insert(conn, rows)
-            if update.consumed_signals:
-                conn.executemany(
-                    "UPDATE signals SET consumed = 1 WHERE signal_id = ?",
-                    [(sid,) for sid in update.consumed_signals],
-                )
+        try:
+            with self._tx() as conn:
+                if conn.execute(sql, params).rowcount != 1:
+                    raise AppendConflict(
+                        f"run {run_id} has moved past seq {expected_head}: another worker owns it now",
+                        run_id=run_id,
+                    )
+                self._insert(conn, rows)
+                for signal_id in update.consumed_signals:
+                    consumed = conn.execute(
+                        "UPDATE signals SET consumed = 1 "
+                        "WHERE signal_id = ? AND run_id = ? AND consumed = 0",
+                        (signal_id, run_id),
+                    )
+                    if consumed.rowcount != 1:
+                        raise AppendConflict(
+                            f"signal {signal_id} of run {run_id} is already consumed", run_id=run_id
+                        )
+        except sqlite3.IntegrityError as exc:
+            raise AppendConflict(f"run {run_id} already holds these events: {exc}", run_id=run_id) from exc
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot append to run {run_id}: {exc}", run_id=run_id, retryable=True) from exc
 
     @staticmethod
     def _insert(conn: sqlite3.Connection, rows: Sequence[EncodedEvent]) -> None:
@@ -216,10 +226,10 @@ class SqliteStore:
         return _run(row) if row else None
 
     def find_run(self, prefix: str) -> list[str]:
-        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        # A range, not LIKE: exact (case-sensitive, no wildcards) on every backend, and indexed.
         cur = self._conn().execute(
-            "SELECT run_id FROM runs WHERE run_id LIKE ? ESCAPE '\\' ORDER BY run_id LIMIT 10",
-            (escaped + "%",),
+            "SELECT run_id FROM runs WHERE run_id >= ? AND run_id < ? ORDER BY run_id LIMIT 10",
+            (prefix, prefix + "\U0010ffff"),
         )
         return [r[0] for r in cur]
 
