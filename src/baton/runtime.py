@@ -7,13 +7,14 @@ import asyncio
 import json
 import logging
 import secrets
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .clock import Clock, SystemClock
 from .engine.context import Context
-from .engine.execution import Execution, Listener, Outcome, _Abort, _Fenced, _Suspend
+from .engine.execution import Execution, Listener, Outcome, _Abort, _Fenced, _StoreFailed, _Suspend
 from .engine.leases import LeaseKeeper
 from .engine.owner import describe_owner, new_owner_id, owner_alive
 from .errors import BatonError, RunNotFound, UsageError
@@ -62,6 +63,7 @@ class Baton:
         self.pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="baton-tool")
         self.leases = LeaseKeeper(self.store, self.settings, self.clock, self.owner)
         self._workflows: dict[str, Workflow] = {}
+        self._loading = threading.Lock()
 
     def close(self) -> None:
         self.leases.stop()
@@ -83,10 +85,13 @@ class Baton:
         return ref
 
     def workflow_for(self, ref: str) -> Workflow:
-        found = self._workflows.get(ref)
-        if found is None:
-            found = self._workflows[ref] = load_workflow(ref)
-        return found
+        # One loader at a time: a worker's threads may ask for the same file at once, and a
+        # module that another thread is still executing looks as if it lacked the workflow.
+        with self._loading:
+            found = self._workflows.get(ref)
+            if found is None:
+                found = self._workflows[ref] = load_workflow(ref)
+            return found
 
     # -- starting -------------------------------------------------------------------
 
@@ -183,6 +188,9 @@ class Baton:
             return Outcome(self.get_run(record.run_id).status)
         except _Fenced:
             return None
+        except _StoreFailed as failed:
+            # Stopped as if crashed: the run stays as its journal left it, for a retry.
+            raise failed.error from None
 
     def _run_workflow(self, x: Execution, workflow: Workflow) -> Outcome:
         assert x.state.started is not None
@@ -271,6 +279,8 @@ class Baton:
             x.append([ev.StepResolved(step_id=step_id, applied=applied, result=result, by=by, note=note)])
         except _Fenced:
             raise UsageError(f"run {run_id} moved on while resolving; try again") from None
+        except _StoreFailed as failed:
+            raise failed.error from None
         finally:
             self.store.release(run_id, self.owner)
 

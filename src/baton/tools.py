@@ -13,6 +13,7 @@ import asyncio
 import inspect
 import random
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
@@ -169,14 +170,14 @@ class Tool(Generic[P, R]):
         values = {**args, "result": result, IDEMPOTENCY_KEY: f"{key}:compensate"}
         outcome = _call_with_accepted(self.compensate, values)
         if inspect.isawaitable(outcome):
-            return asyncio.run(_await(outcome))
+            return _wait_for(outcome)
         return outcome
 
     def run_reconcile(self, args: dict[str, Any], key: str) -> Reconciled:
         assert self.reconcile is not None
         outcome = _call_with_accepted(self.reconcile, {**args, IDEMPOTENCY_KEY: key})
         if inspect.isawaitable(outcome):
-            outcome = asyncio.run(_await(outcome))
+            outcome = _wait_for(outcome)
         if not isinstance(outcome, Reconciled):
             raise TypeError(
                 f"reconcile hook of {self.name} must return baton.Reconciled, not {type(outcome).__name__}"
@@ -186,6 +187,19 @@ class Tool(Generic[P, R]):
 
 async def _await(awaitable: Any) -> Any:
     return await awaitable
+
+
+def _wait_for(awaitable: Any) -> Any:
+    """Run a hook's awaitable to completion from synchronous code. Hooks are called from
+    inside the event loop of an ``async def`` workflow, where ``asyncio.run`` is refused;
+    there the awaitable runs on its own loop in a helper thread (the workflow is blocked on
+    the hook's answer either way)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(_await(awaitable))
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="baton-hook") as pool:
+        return pool.submit(asyncio.run, _await(awaitable)).result()
 
 
 @overload

@@ -11,6 +11,7 @@ import importlib
 import importlib.util
 import inspect
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
     from .engine.context import Context
 
 _FILE_MODULES: dict[str, Path] = {}
+# Imports are process-wide state; a worker running several runs loads files from several
+# threads, and none may see a module before it has finished executing.
+_IMPORT_LOCK = threading.RLock()
 
 
 @dataclass(eq=False)
@@ -125,6 +129,11 @@ def _import_file(path: Path) -> Any:
 
 def load_workflow(ref: str) -> Workflow:
     """Load ``path/to/file.py:name`` or ``package.module:name``."""
+    with _IMPORT_LOCK:
+        return _load_workflow(ref)
+
+
+def _load_workflow(ref: str) -> Workflow:
     target, sep, attr = ref.rpartition(":")
     if not sep or not target or not attr:
         raise WorkflowNotFound(f"{ref!r} is not FILE.py:WORKFLOW or module:WORKFLOW")

@@ -5,8 +5,9 @@ Worker processes load this file by path (``baton.start("/abs/path/crash_workflow
 service keeps its state in its own SQLite file (``db``, passed in every tool call):
 
 ``invocations``  one row per raw call of a tool, whatever happens next (shows retries);
-``effects``      the idempotent ``charge``: one row per idempotency key with an ``applied``
-                 count; a repeated key returns the first result and bumps ``replays``;
+``effects``      the idempotent ``charge``: one row per charge applied, keyed by idempotency
+                 key; a repeated key returns the first result, applies nothing and bumps
+                 ``replays``;
 ``ledger``       the non-idempotent ``record``/``transfer``: one row appended per call;
 ``self_kills``   the calls that killed their own worker process on purpose.
 """
@@ -40,7 +41,6 @@ CREATE TABLE IF NOT EXISTS effects (
     step INTEGER NOT NULL,
     amount INTEGER NOT NULL,
     result TEXT NOT NULL,
-    applied INTEGER NOT NULL,
     replays INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS ledger (
@@ -120,7 +120,7 @@ def charge(db: str, run: str, step: int, amount: int, crash: bool = False, *,
         else:
             result = {"charge_id": f"ch_{secrets.token_hex(6)}", "amount": amount}
             conn.execute(
-                "INSERT INTO effects (key, run, step, amount, result, applied) VALUES (?, ?, ?, ?, ?, 1)",
+                "INSERT INTO effects (key, run, step, amount, result) VALUES (?, ?, ?, ?, ?)",
                 (idempotency_key, run, step, amount, json.dumps(result)),
             )
         kill = crash and _first_time(conn, idempotency_key, "charge")

@@ -54,6 +54,16 @@ class _Fenced(_Stop):
     pass
 
 
+class _StoreFailed(_Stop):
+    """The journal could not be written. Unwinds the workflow like a crash: nothing may
+    happen after a step whose record was lost, and workflow code must not be able to catch
+    the failure and carry on with a hole in its journal."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class _Abort(_Stop):
     def __init__(self, error: BatonError) -> None:
         super().__init__(error.message)
@@ -128,6 +138,8 @@ class Execution:
         except AppendConflict:
             log.warning("run %s: another worker took over; stopping without writing", self.run_id)
             raise _Fenced() from None
+        except Exception as exc:  # the caller of execute() gets it back
+            raise _StoreFailed(exc) from exc
         self.head_seq, self.head_hash = rows[-1].seq, rows[-1].hash
         for event in batch:
             self.state.apply(event)
@@ -373,11 +385,27 @@ class Execution:
             else:
                 self.append([ev.Compensated(step_id=step_id, name=tool.name, ok=True)])
 
+    def check_all_replayed(self) -> None:
+        """A workflow that ends before reaching every step its journal holds is not the
+        code that made them (those steps' effects would be silently orphaned)."""
+        if self.nondeterminism is not None:
+            return
+        later = sorted(s for s in self.state.steps if s > self.position)
+        if later:
+            rec = self.state.steps[later[0]]
+            self.nondeterminism = NonDeterminismError(
+                f"step {rec.step_id}: the journal holds {rec.kind} {rec.name!r} but the workflow "
+                f"now ends after step {self.position}; the workflow code changed or is not "
+                "deterministic",
+                run_id=self.run_id, step_id=rec.step_id,
+            )
+
     def finish(self, result: Any = None, failure: BaseException | None = None) -> Outcome:
         if self.cancel_requested:
             self.compensate()
             self.append([ev.RunCancelled(reason="cancelled on request")])
             return Outcome(RunStatus.CANCELLED)
+        self.check_all_replayed()
         if self.nondeterminism is not None:
             err = self.nondeterminism
             self.needs_attention(err.step_id or 0, err.message)

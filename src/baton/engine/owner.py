@@ -16,13 +16,17 @@ _HOST = socket.gethostname().replace(":", "_")
 
 
 def _start_ticks(pid: int) -> str | None:
-    """The process start time in clock ticks since boot, from ``/proc`` (Linux)."""
+    """The process start time in clock ticks since boot, from ``/proc`` (Linux); ``None`` if
+    the process is gone or is a zombie (dead, not yet reaped by its parent)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
-    return stat.rsplit(")", 1)[1].split()[19]
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    return fields[19]
 
 
 def new_owner_id() -> str:
