@@ -7,7 +7,6 @@ import asyncio
 import json
 import logging
 import secrets
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -63,7 +62,6 @@ class Baton:
         self.pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="baton-tool")
         self.leases = LeaseKeeper(self.store, self.settings, self.clock, self.owner)
         self._workflows: dict[str, Workflow] = {}
-        self._loading = threading.Lock()
 
     def close(self) -> None:
         self.leases.stop()
@@ -85,13 +83,10 @@ class Baton:
         return ref
 
     def workflow_for(self, ref: str) -> Workflow:
-        # One loader at a time: a worker's threads may ask for the same file at once, and a
-        # module that another thread is still executing looks as if it lacked the workflow.
-        with self._loading:
-            found = self._workflows.get(ref)
-            if found is None:
-                found = self._workflows[ref] = load_workflow(ref)
-            return found
+        found = self._workflows.get(ref)
+        if found is None:
+            found = self._workflows[ref] = load_workflow(ref)
+        return found
 
     # -- starting -------------------------------------------------------------------
 

@@ -17,9 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
+from pydantic import TypeAdapter
 
 from .errors import ToolValidationError
+from .signatures import evaluated_signature, model_from_parameters, validate
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -61,16 +62,6 @@ class RetryPolicy:
         return float(base * (0.5 + random.random() / 2))
 
 
-def _signature(fn: Callable[..., Any]) -> inspect.Signature:
-    """``fn``'s signature with string annotations (``from __future__ import annotations``)
-    evaluated, so that Pydantic sees the real types. Names that cannot be resolved from the
-    function's module (types local to another function) are left as strings."""
-    try:
-        return inspect.signature(fn, eval_str=True)
-    except (NameError, AttributeError, SyntaxError, TypeError):
-        return inspect.signature(fn)
-
-
 def _call_with_accepted(fn: Callable[..., Any], values: dict[str, Any]) -> Any:
     """Call ``fn`` with the subset of ``values`` its signature accepts."""
     params = inspect.signature(fn).parameters
@@ -93,24 +84,14 @@ class Tool(Generic[P, R]):
     description: str = ""
 
     def __post_init__(self) -> None:
-        signature = _signature(self.fn)
+        signature = evaluated_signature(self.fn)
         self.is_async = inspect.iscoroutinefunction(self.fn)
         self.wants_key = IDEMPOTENCY_KEY in signature.parameters
-        fields: dict[str, Any] = {}
-        self._positional: list[str] = []
-        for param in signature.parameters.values():
-            if param.name == IDEMPOTENCY_KEY or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-                continue
-            annotation = Any if param.annotation is inspect.Parameter.empty else param.annotation
-            default = ... if param.default is inspect.Parameter.empty else param.default
-            fields[param.name] = (annotation, default)
-            if param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
-                self._positional.append(param.name)
-        self.args_model: type[BaseModel] = create_model(
-            f"{self.name}_args",
-            __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True),
-            **fields,
-        )
+        params = [p for p in signature.parameters.values() if p.name != IDEMPOTENCY_KEY]
+        self._positional = [
+            p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+        self.args_model = model_from_parameters(f"{self.name}_args", params)
         returns = signature.return_annotation
         self.result_adapter: TypeAdapter[Any] = TypeAdapter(
             Any if returns is inspect.Signature.empty else returns
@@ -148,16 +129,7 @@ class Tool(Generic[P, R]):
 
     def validate(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """Check arguments against the signature. Returns (python values, JSON values)."""
-        try:
-            model = self.args_model.model_validate(kwargs)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or 'arguments'}: {err['msg']}"
-                for err in exc.errors()
-            )
-            raise ToolValidationError(f"invalid arguments for {self.name}: {problems}") from None
-        values = {name: getattr(model, name) for name in type(model).model_fields}
-        return values, model.model_dump(mode="json")
+        return validate(self.args_model, kwargs, what=f"arguments for {self.name}", error=ToolValidationError)
 
     def encode_result(self, value: Any) -> Any:
         return self.result_adapter.dump_python(value, mode="json")

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model
-
 from .errors import UsageError, WorkflowNotFound
+from .signatures import evaluated_signature, model_from_parameters, validate
 
 if TYPE_CHECKING:
     from .engine.context import Context
@@ -39,19 +38,10 @@ class Workflow:
 
     def __post_init__(self) -> None:
         self.is_async = inspect.iscoroutinefunction(self.fn)
-        params = list(inspect.signature(self.fn).parameters.values())
+        params = list(evaluated_signature(self.fn).parameters.values())
         if not params:
             raise TypeError(f"workflow {self.name} must take a Context as its first parameter")
-        fields: dict[str, Any] = {}
-        for param in params[1:]:
-            if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-                continue
-            annotation = Any if param.annotation is inspect.Parameter.empty else param.annotation
-            default = ... if param.default is inspect.Parameter.empty else param.default
-            fields[param.name] = (annotation, default)
-        self.input_model: type[BaseModel] = create_model(
-            f"{self.name}_input", __config__=ConfigDict(extra="forbid"), **fields
-        )
+        self.input_model = model_from_parameters(f"{self.name}_input", params[1:])
 
     def __call__(self, ctx: Context, /, **kwargs: Any) -> Any:
         return self.fn(ctx, **kwargs)
@@ -70,16 +60,7 @@ class Workflow:
 
     def validate_input(self, data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """Check a run's input against the signature. Returns (python values, JSON values)."""
-        try:
-            model = self.input_model.model_validate(data)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or 'input'}: {err['msg']}"
-                for err in exc.errors()
-            )
-            raise UsageError(f"invalid input for workflow {self.name}: {problems}") from None
-        values = {name: getattr(model, name) for name in type(model).model_fields}
-        return values, model.model_dump(mode="json")
+        return validate(self.input_model, data, what=f"input for workflow {self.name}", error=UsageError)
 
 
 @overload
