@@ -8,7 +8,6 @@ whichever pytest loaded last.
 from __future__ import annotations
 
 import sqlite3
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,29 +17,6 @@ from baton.journal import EncodedEvent, IndexUpdate
 from baton.journal import events as ev
 
 E = TypeVar("E", bound=ev.Event)
-
-
-class FakeClock:
-    """A :class:`baton.clock.Clock` whose time only moves when told to (or when slept on)."""
-
-    def __init__(self, start: float = 1_800_000_000.0) -> None:
-        self._now = start
-        self._lock = threading.Lock()
-        self.slept: list[float] = []
-
-    def time(self) -> float:
-        with self._lock:
-            return self._now
-
-    def sleep(self, seconds: float) -> None:
-        with self._lock:
-            self.slept.append(seconds)
-            if seconds > 0:
-                self._now += seconds
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self._now += seconds
 
 
 def db_path(tmp_path: Path) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Protocol
 
@@ -13,6 +14,10 @@ class Clock(Protocol):
 
     def sleep(self, seconds: float) -> None: ...
 
+    async def sleep_async(self, seconds: float) -> None:
+        """The same wait, from inside an ``async def`` workflow."""
+        ...
+
 
 class SystemClock:
     def time(self) -> float:
@@ -21,3 +26,7 @@ class SystemClock:
     def sleep(self, seconds: float) -> None:
         if seconds > 0:
             time.sleep(seconds)
+
+    async def sleep_async(self, seconds: float) -> None:
+        if seconds > 0:
+            await asyncio.sleep(seconds)

@@ -8,7 +8,6 @@ block and return the value.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid as _uuid
 from datetime import UTC, datetime
@@ -60,7 +59,7 @@ class Context:
 
     async def _async_sleep(self, wait: tuple[int, float] | None) -> None:
         if wait is not None:
-            await asyncio.sleep(wait[1])
+            await self._x.clock.sleep_async(wait[1])
             self._fire(wait[0])
 
     def _timer(self, seconds: float) -> tuple[int, float] | None:

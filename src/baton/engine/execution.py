@@ -308,7 +308,7 @@ class Execution:
                     if settled[0] == "done":
                         return settled[1]
                 delay = self.record_failure(tool, step_id, start, exc)
-                await asyncio.sleep(delay)
+                await self.clock.sleep_async(delay)
                 self.before_new_work(step_id)
                 attempt += 1
                 continue
