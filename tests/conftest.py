@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from baton import Baton, Settings
-from engine_support import FakeClock, make_settings
+from baton.testing import FakeClock
+from engine_support import make_settings
 
 
 @pytest.fixture

@@ -34,9 +34,9 @@ from baton import (
 )
 from baton.journal import EncodedEvent, IndexUpdate
 from baton.journal import events as ev
+from baton.testing import FakeClock
 from engine_support import (
     CrashingStore,
-    FakeClock,
     SimulatedCrash,
     crashing_baton,
     db_path,
