@@ -12,6 +12,7 @@ same directory, so that the ratios compare like with like. See docs/benchmarks.m
 import argparse
 import cProfile
 import datetime
+import faulthandler
 import io
 import os
 import platform
@@ -34,6 +35,12 @@ Durability = Literal["full", "normal"]
 IDEMPOTENT_TARGET = 1.5
 NON_IDEMPOTENT_TARGET = 2.5
 GROWTH_TARGET = 1.25  # µs/step at the largest N over µs/step at the smallest N
+# A new SQLite file commits more slowly until its WAL has filled once (1000 pages) and is
+# reused from the start: appends that grow the file make fsync write metadata too. Both the
+# floor file and each fresh Baton database are written this much before anything is timed,
+# so that both are measured in the steady state of a database in use.
+WARMUP_COMMITS = 1500
+WARMUP_STEPS = 600
 BASELINE_RUNS = 3  # at least this many 0-step runs per measurement; their median is subtracted
 
 
@@ -171,7 +178,7 @@ class Floor:
         self.conn.execute(f"PRAGMA synchronous = {synchronous}")
         self.conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, data TEXT NOT NULL)")
         self.samples: list[float] = []
-        self.sample(50, keep=False)  # warm up the file and the WAL
+        self.fresh = self.sample(WARMUP_COMMITS, keep=False)  # see WARMUP_COMMITS
 
     def sample(self, commits: int, *, keep: bool = True) -> list[float]:
         conn, taken = self.conn, []
@@ -210,7 +217,7 @@ def step_cost(root: str, durability: Durability, wf: Any, n: int, min_steps: int
     with tempfile.TemporaryDirectory(dir=root) as folder:
         baton = make_baton(folder, durability)
         try:
-            run_and_check(baton, wf, 1)  # warm up: connection, threads, lease keeper
+            run_and_check(baton, wf, WARMUP_STEPS)  # see WARMUP_COMMITS
             for _ in range(pairs):
                 bases.append(run_and_check(baton, wf, 0))
                 runs.append(run_and_check(baton, wf, n))
@@ -254,7 +261,7 @@ def profile(root: str, durability: Durability, n: int, top: int) -> str:
     with tempfile.TemporaryDirectory(dir=root) as folder:
         baton = make_baton(folder, durability)
         try:
-            run_and_check(baton, idempotent_steps, 1)
+            run_and_check(baton, idempotent_steps, WARMUP_STEPS)
             profiler = cProfile.Profile()
             profiler.enable()
             record = baton.run(idempotent_steps, {"n": n})
@@ -324,6 +331,9 @@ def header(root: str, durability: Durability, args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    faulthandler.enable()  # a crash in the engine's threads still shows where it was
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)
     durability: Durability = args.durability
     counts: list[int] = args.step_counts
     root = os.path.realpath(args.dir or tempfile.gettempdir())
@@ -339,9 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         floor = normal or full
         floors = [full] if normal is None else [full, normal]
         try:
-            for f in floors:
-                f.sample(burst * 5)
-            start_full = statistics.median(full.samples)
+            start_full = statistics.median(full.fresh)
             per_step, row_floor = measure_steps(root, durability, counts, args, floors, floor)
             resume, resume_base = measure_resume(root, durability, counts[-1], args.repeat)
             for f in floors:
@@ -356,7 +364,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"   synchronous={f.synchronous:<7} {us(f.median):>9} µs  median of {len(f.samples)} "
               f"commits spread over the run (p10 {us(quantile(f.samples, 0.1))}, "
               f"p90 {us(quantile(f.samples, 0.9))})")
-    print(f"   synchronous=FULL at the start of the run: {us(start_full)} µs")
+    print(f"   synchronous=FULL, first {WARMUP_COMMITS} commits on a new file (WAL growing, "
+          f"not used): {us(start_full)} µs")
     print(f"   ratios use synchronous={floor.synchronous} commits timed around each row")
     print()
 
