@@ -40,11 +40,10 @@ def validate(model: type[BaseModel], data: dict[str, Any], *, what: str,
     """Check ``data`` against ``model``. Returns (Python values, JSON values); raises
     ``error`` with one message naming every bad field."""
     try:
-        instance = model.model_validate(data)
+        instance = model.__pydantic_validator__.validate_python(data)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'arguments'}: {err['msg']}" for err in exc.errors()
         )
         raise error(f"invalid {what}: {problems}") from None
-    values = {name: getattr(instance, name) for name in model.model_fields}
-    return values, instance.model_dump(mode="json")
+    return dict(instance.__dict__), model.__pydantic_serializer__.to_python(instance, mode="json")

@@ -74,12 +74,13 @@ def create(
     return rows
 
 
-def advance(store: Store, run_id: str, events: Sequence[ev.Event], now: float) -> list[EncodedEvent]:
-    """Append ``events`` at the run's current head, with their index update."""
+def advance(store: Store, run_id: str, events: Sequence[ev.Event], now: float,
+            update: IndexUpdate | None = None) -> list[EncodedEvent]:
+    """Append ``events`` at the run's current head, with their index update (or ``update``)."""
     record = store.get_run(run_id)
     assert record is not None
     rows = encode_batch(run_id, record.head_seq, record.head_hash, events, at=now)
-    store.append(run_id, record.head_seq, rows, index_update(list(events)), now)
+    store.append(run_id, record.head_seq, rows, index_update(list(events)) if update is None else update, now)
     return rows
 
 
@@ -112,8 +113,8 @@ def test_create_run_records_every_field(store: Store) -> None:
     assert store.get_run("r1") == RunRecord(
         run_id="r1", workflow="refund", workflow_ref="m:refund", status=RunStatus.PENDING,
         created_at=T0 + 0.25, updated_at=T0 + 0.25, head_seq=1, head_hash=rows[-1].hash,
-        principal="ana", tenant="acme", wake_at=None, waiting_for=None, outcome=None,
-        owner=None, lease_expires_at=None, cancel_requested=False,
+        anchor_seq=1, anchor_hash=rows[-1].hash, principal="ana", tenant="acme", wake_at=None,
+        waiting_for=None, outcome=None, owner=None, lease_expires_at=None, cancel_requested=False,
     )
 
 
@@ -303,7 +304,32 @@ def test_an_update_without_a_status_leaves_the_index_alone(store: Store) -> None
     store.append("r1", record.head_seq, rows, IndexUpdate(), T0 + 2)
     record = record_of(store, "r1")
     assert index_fields(record) == (RunStatus.WAITING, T0 + 9, "go", None)
-    assert (record.head_seq, record.head_hash, record.updated_at) == (4, rows[-1].hash, T0 + 2)
+    assert (record.head_seq, record.head_hash) == (4, rows[-1].hash)
+    # The index row itself (and its anchor) moves only when the status does.
+    assert (record.anchor_seq, record.updated_at) == (2, T0 + 1)
+
+
+def test_a_status_change_anchors_the_run_at_its_new_head(store: Store) -> None:
+    create(store, "r1")
+    advance(store, "r1", step(1), now=T0 + 1, update=IndexUpdate())
+    assert record_of(store, "r1").anchor_seq == 1
+    advance(store, "r1", [ev.TimerSet(step_id=2, fire_at=T0 + 60)], now=T0 + 2)
+    record = record_of(store, "r1")
+    assert record.head_seq == 4
+    assert (record.anchor_seq, record.anchor_hash) == (record.head_seq, record.head_hash)
+
+
+def test_releasing_a_lease_anchors_the_run_at_its_head(store: Store) -> None:
+    create(store, "r1")
+    assert store.claim("r1", "w1", T0, 30.0)
+    advance(store, "r1", step(1), now=T0 + 1, update=IndexUpdate())
+    assert record_of(store, "r1").anchor_seq == 1
+    store.release("r1", "someone-else")  # not the owner: changes nothing
+    assert record_of(store, "r1").anchor_seq == 1
+    store.release("r1", "w1")
+    record = record_of(store, "r1")
+    assert (record.anchor_seq, record.anchor_hash) == (3, record.head_hash)
+    assert record.owner is None
 
 
 # -- listing and finding runs -------------------------------------------------------------

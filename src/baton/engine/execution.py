@@ -119,6 +119,7 @@ class Execution:
         self.head_seq = run.head_seq
         self.head_hash = run.head_hash
         self.cancel_requested = run.cancel_requested
+        self.indexed_status = run.status
         self.lease_lost = False
         self.pending: list[ev.Event] = []
         self.position = 0
@@ -133,14 +134,19 @@ class Execution:
         self.pending = []
         now = self.clock.time()
         rows = encode_batch(self.run_id, self.head_seq, self.head_hash, batch, now)
+        update = index_update(batch)
+        if update.status is RunStatus.RUNNING and self.indexed_status is RunStatus.RUNNING:
+            update.status = None  # already so: leave the index row's status alone
         try:
-            self.store.append(self.run_id, self.head_seq, rows, index_update(batch), now)
+            self.store.append(self.run_id, self.head_seq, rows, update, now)
         except AppendConflict:
             log.warning("run %s: another worker took over; stopping without writing", self.run_id)
             raise _Fenced() from None
         except Exception as exc:  # the caller of execute() gets it back
             raise _StoreFailed(exc) from exc
         self.head_seq, self.head_hash = rows[-1].seq, rows[-1].hash
+        if update.status is not None:
+            self.indexed_status = update.status
         for event in batch:
             self.state.apply(event)
         if self.listener is not None:
@@ -251,9 +257,10 @@ class Execution:
 
     def started(self, tool: Tool[Any, Any], step_id: int, args_json: dict[str, Any], attempt: int
                 ) -> ev.StepStarted:
-        return ev.StepStarted(
+        # Built without validation: every field is already checked (the hot path).
+        return ev.StepStarted.trusted(
             step_id=step_id, kind="call", name=tool.name, args=args_json, attempt=attempt,
-            idempotency_key=idempotency_key(self.run_id, step_id), idempotent=tool.idempotent,
+            idempotency_key=f"{self.run_id}:{step_id}", idempotent=tool.idempotent,
         )
 
     def run_call_sync(self, tool: Tool[Any, Any], step_id: int, plan: Any) -> Any:
@@ -270,7 +277,8 @@ class Execution:
             try:
                 value = self.invoke_sync(tool, values, start.idempotency_key)
                 result_json = tool.encode_result(value)
-                canonical_json(result_json)
+                done = ev.StepCompleted.trusted(step_id=step_id, result=result_json)
+                done.encoded()  # not JSON (NaN, a foreign object)? Then the step failed.
             except Exception as exc:  # noqa: BLE001 - every tool failure is recorded
                 if isinstance(exc, ToolTimeout) and not tool.idempotent:
                     # The call may still take effect: that is doubt, not failure.
@@ -282,8 +290,7 @@ class Execution:
                 self.before_new_work(step_id)
                 attempt += 1
                 continue
-            self.append([start, ev.StepCompleted(step_id=step_id, result=result_json)]
-                        if tool.idempotent else [ev.StepCompleted(step_id=step_id, result=result_json)])
+            self.append([start, done] if tool.idempotent else [done])
             return tool.decode_result(result_json)
 
     async def run_call_async(self, tool: Tool[Any, Any], step_id: int, plan: Any) -> Any:
@@ -300,7 +307,8 @@ class Execution:
             try:
                 value = await self.invoke_async(tool, values, start.idempotency_key)
                 result_json = tool.encode_result(value)
-                canonical_json(result_json)
+                done = ev.StepCompleted.trusted(step_id=step_id, result=result_json)
+                done.encoded()  # not JSON (NaN, a foreign object)? Then the step failed.
             except Exception as exc:  # noqa: BLE001 - every tool failure is recorded
                 if isinstance(exc, ToolTimeout) and not tool.idempotent:
                     # The call may still take effect: that is doubt, not failure.
@@ -312,8 +320,7 @@ class Execution:
                 self.before_new_work(step_id)
                 attempt += 1
                 continue
-            self.append([start, ev.StepCompleted(step_id=step_id, result=result_json)]
-                        if tool.idempotent else [ev.StepCompleted(step_id=step_id, result=result_json)])
+            self.append([start, done] if tool.idempotent else [done])
             return tool.decode_result(result_json)
 
     def record_failure(self, tool: Tool[Any, Any], step_id: int, start: ev.StepStarted,

@@ -6,6 +6,7 @@ up its position here and either returns what is recorded or does the work.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,10 +37,10 @@ class StepRecord:
         return self.completed or self.error is not None or self.fired
 
 
-_PROGRESS = (
+_PROGRESS = frozenset({
     ev.StepCompleted, ev.StepFailed, ev.TimerFired, ev.SignalReceived,
     ev.StepResolved, ev.ValueRecorded, ev.Compensated,
-)
+})
 
 
 @dataclass(slots=True)
@@ -59,50 +60,84 @@ class ReplayState:
 
     def apply(self, event: ev.Event) -> None:
         self.last = event
-        steps = self.steps
-        match event:
-            case ev.RunStarted():
-                self.started = event
-            case ev.StepStarted(step_id=sid):
-                rec = steps.get(sid)
-                if rec is None:
-                    rec = steps[sid] = StepRecord(sid, event.kind, event.name)
-                rec.args = event.args
-                rec.idempotency_key = event.idempotency_key
-                rec.attempts = event.attempt
-                rec.in_flight = event.attempt > 0
-            case ev.StepCompleted(step_id=sid):
-                rec = steps[sid]
-                rec.completed, rec.result, rec.in_flight = True, event.result, False
-            case ev.StepFailed(step_id=sid):
-                rec = steps[sid]
-                rec.in_flight = False
-                rec.failures += 1
-                if event.final:
-                    rec.error = event.error
-            case ev.StepReconciled(step_id=sid) | ev.StepResolved(step_id=sid):
-                rec = steps[sid]
-                rec.in_flight = False
-                if event.applied:
-                    rec.completed, rec.result = True, event.result
-            case ev.ValueRecorded(step_id=sid):
-                steps[sid] = StepRecord(sid, event.kind, event.kind, completed=True, result=event.value)
-            case ev.TimerSet(step_id=sid):
-                steps[sid] = StepRecord(sid, "sleep", "sleep", fire_at=event.fire_at)
-            case ev.SignalAwaited(step_id=sid):
-                steps[sid] = StepRecord(sid, "wait", event.name, timeout_at=event.timeout_at)
-            case ev.SignalReceived(step_id=sid):
-                rec = steps.get(sid) or steps.setdefault(sid, StepRecord(sid, "wait", event.name))
-                rec.completed, rec.result = True, event.data
-            case ev.TimerFired(step_id=sid):
-                steps[sid].fired = True
-            case ev.Compensated(step_id=sid):
-                steps[sid].compensated = True
-            case ev.RunCompleted() | ev.RunFailed() | ev.RunCancelled():
-                self.terminal = event
-            case _:
-                pass
-        if isinstance(event, ev.RunRecovered):
-            self.recoveries_since_progress += 1
-        elif isinstance(event, _PROGRESS):
+        handler = _HANDLERS.get(type(event))
+        if handler is not None:
+            handler(self, event)
+        if type(event) in _PROGRESS:
             self.recoveries_since_progress = 0
+        elif type(event) is ev.RunRecovered:
+            self.recoveries_since_progress += 1
+
+    def _started(self, event: ev.StepStarted) -> None:
+        rec = self.steps.get(event.step_id)
+        if rec is None:
+            rec = self.steps[event.step_id] = StepRecord(event.step_id, event.kind, event.name)
+        rec.args = event.args
+        rec.idempotency_key = event.idempotency_key
+        rec.attempts = event.attempt
+        rec.in_flight = event.attempt > 0
+
+    def _completed(self, event: ev.StepCompleted) -> None:
+        rec = self.steps[event.step_id]
+        rec.completed, rec.result, rec.in_flight = True, event.result, False
+
+    def _failed(self, event: ev.StepFailed) -> None:
+        rec = self.steps[event.step_id]
+        rec.in_flight = False
+        rec.failures += 1
+        if event.final:
+            rec.error = event.error
+
+    def _settled(self, event: ev.StepReconciled | ev.StepResolved) -> None:
+        rec = self.steps[event.step_id]
+        rec.in_flight = False
+        if event.applied:
+            rec.completed, rec.result = True, event.result
+
+    def _value(self, event: ev.ValueRecorded) -> None:
+        self.steps[event.step_id] = StepRecord(
+            event.step_id, event.kind, event.kind, completed=True, result=event.value
+        )
+
+    def _timer_set(self, event: ev.TimerSet) -> None:
+        self.steps[event.step_id] = StepRecord(event.step_id, "sleep", "sleep", fire_at=event.fire_at)
+
+    def _awaited(self, event: ev.SignalAwaited) -> None:
+        self.steps[event.step_id] = StepRecord(event.step_id, "wait", event.name, timeout_at=event.timeout_at)
+
+    def _received(self, event: ev.SignalReceived) -> None:
+        rec = self.steps.get(event.step_id)
+        if rec is None:
+            rec = self.steps[event.step_id] = StepRecord(event.step_id, "wait", event.name)
+        rec.completed, rec.result = True, event.data
+
+    def _fired(self, event: ev.TimerFired) -> None:
+        self.steps[event.step_id].fired = True
+
+    def _compensated(self, event: ev.Compensated) -> None:
+        self.steps[event.step_id].compensated = True
+
+    def _run_started(self, event: ev.RunStarted) -> None:
+        self.started = event
+
+    def _ended(self, event: ev.Event) -> None:
+        self.terminal = event
+
+
+_HANDLERS: dict[type[ev.Event], Callable[[ReplayState, Any], None]] = {
+    ev.RunStarted: ReplayState._run_started,
+    ev.StepStarted: ReplayState._started,
+    ev.StepCompleted: ReplayState._completed,
+    ev.StepFailed: ReplayState._failed,
+    ev.StepReconciled: ReplayState._settled,
+    ev.StepResolved: ReplayState._settled,
+    ev.ValueRecorded: ReplayState._value,
+    ev.TimerSet: ReplayState._timer_set,
+    ev.SignalAwaited: ReplayState._awaited,
+    ev.SignalReceived: ReplayState._received,
+    ev.TimerFired: ReplayState._fired,
+    ev.Compensated: ReplayState._compensated,
+    ev.RunCompleted: ReplayState._ended,
+    ev.RunFailed: ReplayState._ended,
+    ev.RunCancelled: ReplayState._ended,
+}

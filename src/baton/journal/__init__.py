@@ -11,7 +11,6 @@ from .encoding import (
     EncodedEvent,
     canonical_json,
     chain_hash,
-    envelope_json,
 )
 from .events import Event, event_class
 from .index import IndexUpdate, RunStatus, index_update
@@ -31,13 +30,21 @@ __all__ = [
 ]
 
 
+_second_cache: tuple[int, str] = (-1, "")
+
+
 def format_time(epoch_seconds: float) -> str:
     """Timestamps in the journal: UTC ISO 8601 with microseconds, e.g. ``2026-11-26T11:44:14.123456Z``."""
-    return datetime.fromtimestamp(epoch_seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def encode_event(event: Event) -> str:
-    return canonical_json(event.model_dump(mode="json"))
+    global _second_cache
+    second = int(epoch_seconds)
+    cached_second, prefix = _second_cache
+    if second != cached_second:
+        prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _second_cache = (second, prefix)
+    micros = round((epoch_seconds - second) * 1_000_000)
+    if micros >= 1_000_000:  # rounding reached the next second
+        return format_time(float(second + 1))
+    return f"{prefix}.{micros:06d}Z"
 
 
 def encode_batch(
@@ -49,13 +56,18 @@ def encode_batch(
 ) -> list[EncodedEvent]:
     """Give ``events`` the sequence numbers after ``head_seq`` and chain their hashes."""
     stamp = format_time(at)
+    # The envelope's fields other than data and seq are the same for the whole batch.
+    head = '{"at":' + canonical_json(stamp) + ',"data":'
+    middle = ',"run_id":' + canonical_json(run_id) + ',"seq":'
     rows: list[EncodedEvent] = []
     seq, prev = head_seq, head_hash
     for event in events:
         seq += 1
-        data = encode_event(event)
-        digest = chain_hash(prev, envelope_json(run_id, seq, event.type_name, stamp, data))
-        rows.append(EncodedEvent(run_id, seq, event.type_name, stamp, data, digest))
+        data = event.encoded()
+        type_name = event.type_name
+        envelope = f'{head}{data}{middle}{seq},"type":"{type_name}"}}'
+        digest = chain_hash(prev, envelope)
+        rows.append(EncodedEvent(run_id, seq, type_name, stamp, data, digest))
         prev = digest
     return rows
 

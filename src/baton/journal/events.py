@@ -7,9 +7,11 @@ Their ``type`` is the class name and is stored next to the data, not inside it.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, JsonValue
+
+from .encoding import canonical_json
 
 StepKind = Literal["call", "sleep", "wait", "now", "uuid"]
 
@@ -30,11 +32,48 @@ class Event(BaseModel):
 
     type_name: ClassVar[str] = ""
     registry: ClassVar[dict[str, type[Event]]] = {}
+    json_native: ClassVar[bool] = True
+    """Every field holds plain JSON (no nested models), so ``__dict__`` is the JSON form."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls.type_name = cls.__name__
         Event.registry[cls.__name__] = cls
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        cls.json_native = not any(
+            "ErrorInfo" in str(f.annotation) for f in cls.model_fields.values()
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The event's data as JSON values (what is stored and hashed)."""
+        if self.json_native:
+            return self.__dict__
+        return self.model_dump(mode="json")
+
+    def encoded(self) -> str:
+        """The event's data in canonical JSON, computed once. Raises ``ValueError`` or
+        ``TypeError`` if the data is not JSON (NaN, infinities, foreign objects)."""
+        private = self.__pydantic_private__
+        if private is None:
+            return canonical_json(self.to_json())
+        data: str | None = private.get("json")
+        if data is None:
+            data = private["json"] = canonical_json(self.to_json())
+        return data
+
+    @classmethod
+    def trusted(cls, **fields: Any) -> Self:
+        """Build an event from values the engine has already checked, without validating
+        them again: the hot path of every step. All fields must be given."""
+        event = cls.__new__(cls)
+        object.__setattr__(event, "__dict__", fields)
+        object.__setattr__(event, "__pydantic_fields_set__", set(fields))
+        object.__setattr__(event, "__pydantic_extra__", None)
+        object.__setattr__(event, "__pydantic_private__", {"json": None})
+        return event
 
 
 # -- the run ---------------------------------------------------------------------------

@@ -29,7 +29,11 @@ class RunStatus(StrEnum):
         return self in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
 
 
-_UNSET = object()
+# Events that only say the run is moving: the common case, checked first.
+_MOVING = frozenset({
+    ev.StepStarted, ev.StepCompleted, ev.StepFailed, ev.StepReconciled, ev.StepResolved,
+    ev.ValueRecorded, ev.TimerFired, ev.RunRecovered, ev.Compensated,
+})
 
 
 @dataclass(slots=True)
@@ -44,6 +48,10 @@ class IndexUpdate:
     consumed_signals: list[int] = field(default_factory=list)
 
     def merge(self, event: ev.Event) -> None:
+        if type(event) in _MOVING:
+            if self.status is not RunStatus.RUNNING:
+                self._set(RunStatus.RUNNING)
+            return
         match event:
             case ev.RunStarted():
                 self._set(RunStatus.PENDING)

@@ -35,7 +35,12 @@ class RunRecord:
     created_at: float
     updated_at: float
     head_seq: int
+    """The journal's last ``seq`` (0 if empty), read from the journal itself."""
     head_hash: str
+    anchor_seq: int
+    """The head as recorded in the index at the run's last status change or lease release:
+    the journal must still reach it with ``anchor_hash`` (``baton audit verify``)."""
+    anchor_hash: str
     principal: str | None
     tenant: str | None
     wake_at: float | None
@@ -73,7 +78,8 @@ class Store(Protocol):
         now: float,
     ) -> None:
         """Append ``rows`` (whose first ``seq`` is ``expected_head + 1``) in one transaction,
-        with the index update. Raises ``AppendConflict`` if the head moved."""
+        with the index update; if the update changes the status, the anchor moves to the new
+        head. Raises ``AppendConflict`` if any of those ``seq`` exist: the head moved."""
         ...
 
     def read(self, run_id: str, after_seq: int = 0) -> list[EncodedEvent]: ...
@@ -114,7 +120,9 @@ class Store(Protocol):
         asked to cancel it."""
         ...
 
-    def release(self, run_id: str, owner: str) -> None: ...
+    def release(self, run_id: str, owner: str) -> None:
+        """Give up our lease, and anchor the run at its current head."""
+        ...
 
     # -- inbox ----------------------------------------------------------------------
 

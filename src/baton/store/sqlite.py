@@ -1,7 +1,8 @@
 """The embedded store: one SQLite file in WAL mode.
 
-Every append is one ``BEGIN IMMEDIATE`` transaction: a compare-and-set on the run's head
-(the fencing token), the journal rows, and the index update. With ``durability="full"``
+Every append is one ``BEGIN IMMEDIATE`` transaction: the journal rows, whose primary key
+``(run_id, seq)`` is the fencing token (a stale writer's ``seq`` already exists), and, when
+the run's status changes, the index update. With ``durability="full"``
 (the default) each commit is fsync'd; ``"normal"`` survives a crashed process but may lose
 the last commits on power loss.
 """
@@ -24,8 +25,14 @@ from .base import NewRun, RunRecord, Signal
 Durability = Literal["full", "normal"]
 
 _RUN_COLUMNS = (
-    "run_id, workflow, workflow_ref, status, created_at, updated_at, head_seq, head_hash, "
+    "runs.run_id, workflow, workflow_ref, status, created_at, updated_at, "
+    "COALESCE(head.seq, 0), COALESCE(head.hash, ''), anchor_seq, anchor_hash, "
     "principal, tenant, wake_at, waiting_for, outcome, owner, lease_expires_at, cancel_requested"
+)
+# Each run with its journal's last event (one primary-key probe per run).
+_RUNS = (
+    "runs LEFT JOIN events AS head ON head.run_id = runs.run_id AND head.seq = "
+    "(SELECT MAX(seq) FROM events AS e WHERE e.run_id = runs.run_id)"
 )
 _TERMINAL = tuple(s.value for s in RunStatus if s.terminal)
 _RUNNABLE = f"""
@@ -42,9 +49,9 @@ def _run(row: tuple[Any, ...]) -> RunRecord:
     return RunRecord(
         run_id=row[0], workflow=row[1], workflow_ref=row[2], status=RunStatus(row[3]),
         created_at=row[4], updated_at=row[5], head_seq=row[6], head_hash=row[7],
-        principal=row[8], tenant=row[9], wake_at=row[10], waiting_for=row[11],
-        outcome=row[12], owner=row[13], lease_expires_at=row[14],
-        cancel_requested=bool(row[15]),
+        anchor_seq=row[8], anchor_hash=row[9], principal=row[10], tenant=row[11],
+        wake_at=row[12], waiting_for=row[13], outcome=row[14], owner=row[15],
+        lease_expires_at=row[16], cancel_requested=bool(row[17]),
     )
 
 
@@ -73,6 +80,7 @@ class SqliteStore:
             try:
                 conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
                 conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+                conn.execute("PRAGMA foreign_keys = ON")
                 conn.execute("PRAGMA journal_mode = WAL")
                 sync = "FULL" if self.durability == "full" else "NORMAL"
                 conn.execute(f"PRAGMA synchronous = {sync}")
@@ -155,7 +163,7 @@ class SqliteStore:
             with self._tx() as conn:
                 conn.execute(
                     "INSERT INTO runs (run_id, workflow, workflow_ref, status, created_at, "
-                    "updated_at, head_seq, head_hash, principal, tenant) "
+                    "updated_at, anchor_seq, anchor_hash, principal, tenant) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (run.run_id, run.workflow, run.workflow_ref, status, run.created_at,
                      run.created_at, head.seq, head.hash, run.principal, run.tenant),
@@ -166,27 +174,24 @@ class SqliteStore:
 
     def append(self, run_id: str, expected_head: int, rows: Sequence[EncodedEvent],
                update: IndexUpdate, now: float) -> None:
-        head = rows[-1]
         if rows[0].seq != expected_head + 1:
             raise AppendConflict(
                 f"append to run {run_id} must start at seq {expected_head + 1}, not {rows[0].seq}",
                 run_id=run_id,
             )
-        sql = "UPDATE runs SET head_seq = ?, head_hash = ?, updated_at = ?"
-        params: list[Any] = [head.seq, head.hash, now]
-        if update.status is not None:
-            sql += ", status = ?, wake_at = ?, waiting_for = ?, outcome = ?"
-            params += [update.status.value, update.wake_at, update.waiting_for, update.outcome]
-        sql += " WHERE run_id = ? AND head_seq = ?"
-        params += [run_id, expected_head]
+        conn = self._conn()
         try:
-            with self._tx() as conn:
-                if conn.execute(sql, params).rowcount != 1:
-                    raise AppendConflict(
-                        f"run {run_id} has moved past seq {expected_head}: another worker owns it now",
-                        run_id=run_id,
-                    )
+            conn.execute("BEGIN IMMEDIATE")
+            try:
                 self._insert(conn, rows)
+                if update.status is not None:
+                    head = rows[-1]
+                    conn.execute(
+                        "UPDATE runs SET anchor_seq = ?, anchor_hash = ?, updated_at = ?, status = ?, "
+                        "wake_at = ?, waiting_for = ?, outcome = ? WHERE run_id = ?",
+                        (head.seq, head.hash, now, update.status.value, update.wake_at,
+                         update.waiting_for, update.outcome, run_id),
+                    )
                 for signal_id in update.consumed_signals:
                     consumed = conn.execute(
                         "UPDATE signals SET consumed = 1 "
@@ -197,8 +202,17 @@ class SqliteStore:
                         raise AppendConflict(
                             f"signal {signal_id} of run {run_id} is already consumed", run_id=run_id
                         )
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
         except sqlite3.IntegrityError as exc:
-            raise AppendConflict(f"run {run_id} already holds these events: {exc}", run_id=run_id) from exc
+            if self.get_run(run_id) is None:
+                raise AppendConflict(f"run {run_id} does not exist", run_id=run_id) from exc
+            raise AppendConflict(
+                f"run {run_id} has moved past seq {expected_head}: another worker owns it now",
+                run_id=run_id,
+            ) from exc
         except sqlite3.Error as exc:
             raise StoreError(f"cannot append to run {run_id}: {exc}", run_id=run_id, retryable=True) from exc
 
@@ -221,7 +235,7 @@ class SqliteStore:
 
     def get_run(self, run_id: str) -> RunRecord | None:
         row = self._conn().execute(
-            f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)
+            f"SELECT {_RUN_COLUMNS} FROM {_RUNS} WHERE runs.run_id = ?", (run_id,)
         ).fetchone()
         return _run(row) if row else None
 
@@ -236,11 +250,11 @@ class SqliteStore:
     def list_runs(self, *, status: RunStatus | None = None, limit: int = 50) -> list[RunRecord]:
         if status is None:
             cur = self._conn().execute(
-                f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY created_at DESC LIMIT ?", (limit,)
+                f"SELECT {_RUN_COLUMNS} FROM {_RUNS} ORDER BY created_at DESC LIMIT ?", (limit,)
             )
         else:
             cur = self._conn().execute(
-                f"SELECT {_RUN_COLUMNS} FROM runs WHERE status = ? "
+                f"SELECT {_RUN_COLUMNS} FROM {_RUNS} WHERE status = ? "
                 "ORDER BY created_at DESC LIMIT ?",
                 (status.value, limit),
             )
@@ -263,7 +277,7 @@ class SqliteStore:
 
     def runnable(self, now: float, limit: int = 10) -> list[RunRecord]:
         cur = self._conn().execute(
-            f"SELECT {_RUN_COLUMNS} FROM runs WHERE {_RUNNABLE} "
+            f"SELECT {_RUN_COLUMNS} FROM {_RUNS} WHERE {_RUNNABLE} "
             "AND (owner IS NULL OR lease_expires_at < :now) "
             "ORDER BY created_at LIMIT :limit",
             {"now": now, "limit": limit},
@@ -272,7 +286,7 @@ class SqliteStore:
 
     def owned_runs(self) -> list[RunRecord]:
         cur = self._conn().execute(
-            f"SELECT {_RUN_COLUMNS} FROM runs WHERE owner IS NOT NULL "
+            f"SELECT {_RUN_COLUMNS} FROM {_RUNS} WHERE owner IS NOT NULL "
             f"AND status NOT IN {_TERMINAL!r}"
         )
         return [_run(row) for row in cur]
@@ -296,9 +310,13 @@ class SqliteStore:
     def release(self, run_id: str, owner: str) -> None:
         with self._tx() as conn:
             conn.execute(
-                "UPDATE runs SET owner = NULL, lease_expires_at = NULL "
-                "WHERE run_id = ? AND owner = ?",
-                (run_id, owner),
+                "UPDATE runs SET owner = NULL, lease_expires_at = NULL, "
+                "anchor_seq = COALESCE((SELECT seq FROM events WHERE run_id = :run "
+                "  ORDER BY seq DESC LIMIT 1), anchor_seq), "
+                "anchor_hash = COALESCE((SELECT hash FROM events WHERE run_id = :run "
+                "  ORDER BY seq DESC LIMIT 1), anchor_hash) "
+                "WHERE run_id = :run AND owner = :owner",
+                {"run": run_id, "owner": owner},
             )
 
     # -- inbox ----------------------------------------------------------------------

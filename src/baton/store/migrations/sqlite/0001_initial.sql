@@ -1,4 +1,6 @@
 -- The journal, the run index, and the inbox of requests sent from outside.
+-- runs.anchor_seq/anchor_hash: the journal head as of the run's last status change or lease
+-- release (not every append, which would cost every step a second page write).
 CREATE TABLE runs (
     run_id           TEXT PRIMARY KEY,
     workflow         TEXT NOT NULL,
@@ -6,8 +8,8 @@ CREATE TABLE runs (
     status           TEXT NOT NULL,
     created_at       REAL NOT NULL,
     updated_at       REAL NOT NULL,
-    head_seq         INTEGER NOT NULL,
-    head_hash        TEXT NOT NULL,
+    anchor_seq       INTEGER NOT NULL,
+    anchor_hash      TEXT NOT NULL,
     principal        TEXT,
     tenant           TEXT,
     wake_at          REAL,
@@ -29,7 +31,8 @@ CREATE TABLE events (
     codec  TEXT NOT NULL DEFAULT 'json/c14n-v1',
     data   TEXT NOT NULL,
     hash   TEXT NOT NULL,
-    PRIMARY KEY (run_id, seq)
+    PRIMARY KEY (run_id, seq),
+    FOREIGN KEY (run_id) REFERENCES runs (run_id)
 ) WITHOUT ROWID;
 
 CREATE TABLE signals (
