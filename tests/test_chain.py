@@ -12,7 +12,6 @@ import itertools
 import sqlite3
 import threading
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -27,6 +26,10 @@ from baton.store import NewRun, SqliteStore
 T0 = 1_800_000_000.0
 FAST = settings(max_examples=200, deadline=None)
 
+
+
+def rows_replace(row: EncodedEvent, **changes: object) -> EncodedEvent:
+    return row._replace(**changes)  # type: ignore[arg-type]
 
 def events_for(n: int) -> list[ev.Event]:
     """``n`` distinct events: a start, then steps (no two rows carry the same data)."""
@@ -78,7 +81,7 @@ def _edit_field(field: str) -> Mutation:
     def mutate(draw: st.DrawFn, rows: list[EncodedEvent]) -> list[EncodedEvent]:
         k = draw(st.integers(min_value=0, max_value=len(rows) - 1))
         out = list(rows)
-        out[k] = replace(rows[k], **{field: edit_one_char(draw, getattr(rows[k], field))})
+        out[k] = rows_replace(rows[k], **{field: edit_one_char(draw, getattr(rows[k], field))})
         return out
 
     return mutate
@@ -88,7 +91,7 @@ def edit_seq(draw: st.DrawFn, rows: list[EncodedEvent]) -> list[EncodedEvent]:
     k = draw(st.integers(min_value=0, max_value=len(rows) - 1))
     seq = draw(st.integers(min_value=-1, max_value=len(rows) + 2).filter(lambda s: s != rows[k].seq))
     out = list(rows)
-    out[k] = replace(rows[k], seq=seq)
+    out[k] = rows_replace(rows[k], seq=seq)
     return out
 
 
@@ -119,8 +122,8 @@ def swap_contents(draw: st.DrawFn, rows: list[EncodedEvent]) -> list[EncodedEven
     and takes the other's type, time, data and hash."""
     i, j = sorted(draw(st.lists(st.integers(0, len(rows) - 1), min_size=2, max_size=2, unique=True)))
     out = list(rows)
-    out[i] = replace(rows[j], seq=rows[i].seq)
-    out[j] = replace(rows[i], seq=rows[j].seq)
+    out[i] = rows_replace(rows[j], seq=rows[i].seq)
+    out[j] = rows_replace(rows[i], seq=rows[j].seq)
     return out
 
 
@@ -129,12 +132,12 @@ def insert_forged(draw: st.DrawFn, rows: list[EncodedEvent]) -> list[EncodedEven
     correctly onto its predecessor (the attacker knows the scheme) or made up."""
     k = draw(st.integers(min_value=0, max_value=len(rows) - 1))
     seq = draw(st.sampled_from([k + 1, k + 2, k, draw(st.integers(-1, len(rows) + 2))]))
-    forged = replace(
+    forged = rows_replace(
         rows[k], seq=seq, data='{"result":{"paid":1000000},"step_id":1}', type="StepCompleted"
     )
     prev = rows[k - 1].hash if k else GENESIS_HASH
     forged_hash = draw(st.sampled_from([forged.expected_hash(prev), "f" * 64, rows[k].hash]))
-    return [*rows[:k], replace(forged, hash=forged_hash), *rows[k:]]
+    return [*rows[:k], rows_replace(forged, hash=forged_hash), *rows[k:]]
 
 
 def duplicate_one(draw: st.DrawFn, rows: list[EncodedEvent]) -> list[EncodedEvent]:
@@ -273,10 +276,10 @@ def rewrite_from(path: Path, rows: list[EncodedEvent], k: int, data: str) -> lis
     """Edit event ``k`` and recompute every hash from there on, as an attacker with write
     access to the events table (but not the run index) would."""
     forged = list(rows)
-    forged[k - 1] = replace(rows[k - 1], data=data)
+    forged[k - 1] = rows_replace(rows[k - 1], data=data)
     prev = rows[k - 2].hash if k > 1 else GENESIS_HASH
     for i in range(k - 1, len(rows)):
-        forged[i] = replace(forged[i], hash=forged[i].expected_hash(prev))
+        forged[i] = rows_replace(forged[i], hash=forged[i].expected_hash(prev))
         prev = forged[i].hash
         raw(path, "UPDATE events SET data = ?, hash = ? WHERE run_id = ? AND seq = ?",
             forged[i].data, forged[i].hash, "r1", forged[i].seq)

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import pytest
@@ -39,6 +38,10 @@ LEASE = 30.0
 
 # -- helpers ----------------------------------------------------------------------------
 
+
+
+def rows_replace(row: EncodedEvent, **changes: object) -> EncodedEvent:
+    return row._replace(**changes)  # type: ignore[arg-type]
 
 def started(workflow: str = "w") -> ev.RunStarted:
     return ev.RunStarted(workflow=workflow, workflow_ref=f"m:{workflow}", input={"n": 1})
@@ -204,7 +207,7 @@ def _batch_that_fails_midway(store: Store) -> tuple[list[EncodedEvent], IndexUpd
         ev.RunCompleted(result="done"),
     ]
     rows = encode_batch("r1", record.head_seq, record.head_hash, events, at=T0 + 3)
-    rows[-1] = replace(rows[-1], seq=rows[-2].seq)
+    rows[-1] = rows_replace(rows[-1], seq=rows[-2].seq)
     return rows, index_update(events), signal_id
 
 

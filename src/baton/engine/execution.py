@@ -28,8 +28,9 @@ from ..errors import (
     ToolTimeout,
     ToolValidationError,
 )
-from ..journal import RunStatus, canonical_json, encode_batch, index_update
+from ..journal import IndexUpdate, RunStatus, canonical_json, encode_batch, index_update
 from ..journal import events as ev
+from ..journal.index import MOVING
 from ..settings import Settings
 from ..store import RunRecord, Store
 from ..tools import Tool
@@ -39,6 +40,9 @@ from .replay import ReplayState, StepRecord
 log = logging.getLogger("baton.engine")
 
 Listener = Callable[[str, list[ev.Event]], None]
+
+
+_NO_UPDATE = IndexUpdate()
 
 
 class _Stop(BaseException):
@@ -134,9 +138,12 @@ class Execution:
         self.pending = []
         now = self.clock.time()
         rows = encode_batch(self.run_id, self.head_seq, self.head_hash, batch, now)
-        update = index_update(batch)
-        if update.status is RunStatus.RUNNING and self.indexed_status is RunStatus.RUNNING:
-            update.status = None  # already so: leave the index row's status alone
+        if self.indexed_status is RunStatus.RUNNING and all(type(e) in MOVING for e in batch):
+            update = _NO_UPDATE  # the common case: a step of a running run changes no index field
+        else:
+            update = index_update(batch)
+            if update.status is RunStatus.RUNNING and self.indexed_status is RunStatus.RUNNING:
+                update.status = None  # already so: leave the index row's status alone
         try:
             self.store.append(self.run_id, self.head_seq, rows, update, now)
         except AppendConflict:
@@ -330,7 +337,7 @@ class Execution:
         failures = rec.failures if rec is not None else 0
         retryable = tool.retry.is_retryable(exc) and failures < tool.retry.retries
         delay = tool.retry.delay(failures + 1) if retryable else None
-        if isinstance(exc, TypeError | ValueError) and "JSON" in str(exc):
+        if isinstance(exc, TypeError | ValueError | RecursionError) and "JSON" in str(exc):
             exc = StepError(f"{tool.name} returned a value that is not JSON: {exc}")
         info = error_info(exc).model_copy(update={"retryable": retryable})
         failed = ev.StepFailed(step_id=step_id, attempt=start.attempt, error=info,
@@ -422,7 +429,7 @@ class Execution:
             return Outcome(RunStatus.FAILED, str(failure))
         try:
             canonical_json(result)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:
             return self.finish(failure=BatonError(f"workflow returned a value that is not JSON: {exc}"))
         self.append([ev.RunCompleted(result=result)])
         return Outcome(RunStatus.COMPLETED)

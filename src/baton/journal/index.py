@@ -30,7 +30,7 @@ class RunStatus(StrEnum):
 
 
 # Events that only say the run is moving: the common case, checked first.
-_MOVING = frozenset({
+MOVING = frozenset({
     ev.StepStarted, ev.StepCompleted, ev.StepFailed, ev.StepReconciled, ev.StepResolved,
     ev.ValueRecorded, ev.TimerFired, ev.RunRecovered, ev.Compensated,
 })
@@ -48,7 +48,7 @@ class IndexUpdate:
     consumed_signals: list[int] = field(default_factory=list)
 
     def merge(self, event: ev.Event) -> None:
-        if type(event) in _MOVING:
+        if type(event) in MOVING:
             if self.status is not RunStatus.RUNNING:
                 self._set(RunStatus.RUNNING)
             return
