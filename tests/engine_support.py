@@ -30,6 +30,7 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "database_url": f"sqlite:///{db_path(tmp_path)}",
         "durability": "normal",
         "heartbeat_seconds": 60.0,
+        "lease_seconds": 600.0,
         "short_sleep": 0.5,
     }
     values.update(overrides)

@@ -72,9 +72,12 @@ def test_example_runs_end_to_end(tmp_path: Path) -> None:
         (["runs", "show", "doesnotexist"], "no run 'doesnotexist'"),
         (["signal", "doesnotexist", "x"], "no run 'doesnotexist'"),
         (["cancel", "doesnotexist"], "no run 'doesnotexist'"),
+        (["run", f"{EXAMPLE}:follow_up", "--input", '{"order_id": NaN}'], "NaN is not JSON"),
+        (["runs", "list", "--db", "sqlite:///elsewhere/none.db"], "no Baton database at elsewhere/none.db"),
     ],
 )
 def test_mistakes_are_one_clear_line(tmp_path: Path, args: list[str], message: str) -> None:
+    baton(tmp_path, "db", "upgrade")  # an empty database, so that "no run" is the mistake
     proc = baton(tmp_path, *args, check=False)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr

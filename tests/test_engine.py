@@ -335,7 +335,7 @@ def test_a_slow_tool_times_out(baton: Baton, is_async: bool) -> None:
     finally:
         release.set()
     assert record.status is RunStatus.COMPLETED
-    assert record.outcome == '"slow did not finish within 0.05s"'
+    assert record.outcome == '"slow failed: TimeoutError: did not finish within 0.05s"'
     (failed,) = of_type(baton, record.run_id, ev.StepFailed)
     assert failed.error.code == "tool_timeout" and failed.final
 
@@ -368,29 +368,68 @@ def test_a_timed_out_non_idempotent_call_without_reconcile_needs_attention(baton
     assert sent == [f"{run_id}:1"]
 
 
-@pytest.mark.parametrize("applied", [True, False], ids=["applied", "not-applied"])
-def test_a_timed_out_non_idempotent_call_is_reconciled(baton: Baton, applied: bool) -> None:
+def test_a_timed_out_call_still_running_is_not_reconciled_or_retried(baton: Baton) -> None:
+    """A sync call abandoned by its timeout may still take effect: asking ``reconcile`` now
+    could hear "not applied" just before it lands, and a retry would then apply it twice."""
     release = threading.Event()
+    asked: list[str] = []
+    ledger: list[str] = []
 
+    def check(amount: int, idempotency_key: str) -> Reconciled:
+        asked.append(idempotency_key)
+        return Reconciled(idempotency_key in ledger, "wire-1")
+
+    @tool(timeout=0.05, retries=2, reconcile=check)
+    def send_wire(amount: int, *, idempotency_key: str) -> str:
+        release.wait(5)
+        ledger.append(idempotency_key)
+        return "wire-1"
+
+    @workflow
+    def wf(ctx: Context) -> str:
+        return str(ctx.call(send_wire, 100))
+
+    record = baton.run(wf)
+    release.set()
+    assert record.status is RunStatus.NEEDS_ATTENTION
+    assert record.outcome is not None and "still running" in record.outcome
+    assert asked == []
+    time.sleep(0.2)
+    assert ledger == [f"{record.run_id}:1"]  # it did land, once
+
+
+def test_a_call_that_finishes_in_its_grace_period_keeps_its_result(baton: Baton) -> None:
+    @tool(timeout=0.1)
+    def send_wire(amount: int) -> str:
+        time.sleep(0.15)
+        return "wire-1"
+
+    @workflow
+    def wf(ctx: Context) -> str:
+        return str(ctx.call(send_wire, 100))
+
+    record = baton.run(wf)
+    assert record.status is RunStatus.COMPLETED and record.outcome == '"wire-1"'
+
+
+@pytest.mark.parametrize("applied", [True, False], ids=["applied", "not-applied"])
+def test_a_cancelled_async_call_is_reconciled(baton: Baton, applied: bool) -> None:
     def check(amount: int, idempotency_key: str) -> Reconciled:
         return Reconciled(applied, f"wire-for-{amount}" if applied else None)
 
     @tool(timeout=0.05, reconcile=check)
-    def send_wire(amount: int) -> str:
-        release.wait(5)
+    async def send_wire(amount: int) -> str:
+        await asyncio.sleep(5)
         return "late"
 
     @workflow
-    def wf(ctx: Context) -> str:
+    async def wf(ctx: Context) -> str:
         try:
-            return str(ctx.call(send_wire, 100))
+            return str(await ctx.call(send_wire, 100))
         except ToolTimeout:
             return "timed out"
 
-    try:
-        record = baton.run(wf)
-    finally:
-        release.set()
+    record = baton.run(wf)
     assert record.status is RunStatus.COMPLETED
     assert record.outcome == ('"wire-for-100"' if applied else '"timed out"')
     (reconciled,) = of_type(baton, record.run_id, ev.StepReconciled)

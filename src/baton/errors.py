@@ -112,8 +112,16 @@ class ToolValidationError(StepError):
 
 
 class ToolTimeout(StepError):
+    """A tool call ran out of time. ``state`` says what became of the call:
+    ``not_started`` (it never ran), ``running`` (abandoned, still running in a thread) or
+    ``cancelled`` (an ``async`` call that was cancelled, possibly after taking effect)."""
+
     code = "tool_timeout"
     retryable = True
+
+    def __init__(self, message: str, *, state: str = "", **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.state = state
 
 
 class NonDeterminismError(BatonError):

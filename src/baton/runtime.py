@@ -3,24 +3,27 @@ drives, signals and cancels runs. Tests create their own; nothing here is global
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import secrets
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .aio import run_blocking, run_coroutine
 from .clock import Clock, SystemClock
+from .engine.calls import error_info
 from .engine.context import Context
-from .engine.execution import Execution, Listener, Outcome, _Abort, _Fenced, _StoreFailed, _Suspend
+from .engine.execution import Execution, Listener, Outcome
 from .engine.leases import LeaseKeeper
 from .engine.owner import describe_owner, new_owner_id, owner_alive
+from .engine.stops import Abort, Fenced, StoreFailed, Suspend
 from .errors import BatonError, RunNotFound, UsageError
-from .journal import GENESIS_HASH, EncodedEvent, RunStatus, decode, encode_batch, index_update
+from .journal import GENESIS_HASH, EncodedEvent, RunStatus, canonical_json, decode, encode_batch, index_update
 from .journal import events as ev
 from .settings import Settings
 from .store import NewRun, RunRecord, Store, open_store
+from .tools import Tool
 from .workflows import Workflow, canonical_ref, load_workflow
 
 if TYPE_CHECKING:
@@ -101,6 +104,10 @@ class Baton:
         else:
             wf, ref = workflow, self.register(workflow)
         _, input_json = wf.validate_input({**(input or {}), **kwargs})
+        try:
+            canonical_json(input_json)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise UsageError(f"input for workflow {wf.name} must be JSON (no NaN or infinities): {exc}") from None
         now = self.clock.time()
         run_id = run_id or new_run_id(now)
         started = ev.RunStarted(workflow=wf.name, workflow_ref=ref, input=input_json,
@@ -122,18 +129,24 @@ class Baton:
         """Take the lease on a run; ``None`` if a live worker holds it."""
         record = self.get_run(run_id)
         now = self.clock.time()
-        previous = record.owner if record.owner not in (None, self.owner) else None
-        expected, why = None, ""
-        if previous is not None:
-            why = f"its lease expired ({describe_owner(previous)} stopped renewing it)"
-            if (record.lease_expires_at or 0) >= now:
-                if owner_alive(previous) is not False:
-                    return None
-                expected, why = previous, f"the process that held it ({describe_owner(previous)}) is gone"
-        if not self.store.claim(run_id, self.owner, now, self.settings.lease_seconds, expected):
+        expected = None
+        holder = record.owner if record.owner not in (None, self.owner) else None
+        if holder is not None and (record.lease_expires_at or 0) >= now:
+            if owner_alive(holder) is not False:
+                return None
+            expected = holder  # proven dead: its lease need not run out
+        taken = self.store.claim(run_id, self.owner, now, self.settings.lease_seconds, expected)
+        if taken is None:
             return None
         claimed = self.store.get_run(run_id)
         assert claimed is not None
+        previous = taken.previous_owner  # read in the claim's own transaction, not above
+        if previous is None:
+            return Claim(claimed)
+        if previous == expected:
+            why = f"the process that held it ({describe_owner(previous)}) is gone"
+        else:
+            why = f"its lease expired ({describe_owner(previous)} stopped renewing it)"
         return Claim(claimed, previous, why)
 
     def execute(self, run_id: str, listener: Listener | None = None) -> Outcome | None:
@@ -164,41 +177,54 @@ class Baton:
         self.leases.add(x)
         try:
             if previous is not None:
-                x.append([ev.RunRecovered(
-                    worker=self.owner, previous_owner=previous,
-                    reason=claim.reason,
-                )])
-                count = x.state.recoveries_since_progress
-                if count > self.settings.max_recoveries:
-                    x.abort = BatonError(
-                        f"crash loop: the run's worker died {count} times without the run making "
-                        f"progress (limit {self.settings.max_recoveries}); giving up",
-                        run_id=record.run_id,
-                    )
+                x.append([ev.RunRecovered(worker=self.owner, previous_owner=previous, reason=claim.reason)])
+                self._check_crash_loop(x)
             if workflow is None:
+                if x.cancel_requested:
+                    x.append([ev.RunCancelled(reason=(
+                        f"cancelled on request; compensations not run: cannot load workflow "
+                        f"{record.workflow_ref}: {load_error}"))])
+                    return Outcome(RunStatus.CANCELLED)
                 x.needs_attention(0, f"cannot load workflow {record.workflow_ref}: {load_error}")
-            assert workflow is not None
             return self._run_workflow(x, workflow)
-        except _Suspend:
+        except Suspend:
             return Outcome(self.get_run(record.run_id).status)
-        except _Fenced:
+        except Fenced:
             return None
-        except _StoreFailed as failed:
+        except StoreFailed as failed:
             # Stopped as if crashed: the run stays as its journal left it, for a retry.
             raise failed.error from None
 
+    def _check_crash_loop(self, x: Execution) -> None:
+        """After too many takeovers without progress the run fails; if even failing it
+        (its compensations) keeps killing the process, it fails without them."""
+        count, limit = x.state.recoveries_since_progress, self.settings.max_recoveries
+        if count <= limit:
+            return
+        message = (f"crash loop: the run's worker died {count} times without the run making "
+                   f"progress (limit {limit}); giving up")
+        if count > limit + 1:
+            x.append([ev.RunFailed(error=error_info(BatonError(
+                message + "; compensations skipped, as running them kept killing the process")))])
+            raise Suspend()
+        x.abort = BatonError(message, run_id=x.run_id)
+
     def _run_workflow(self, x: Execution, workflow: Workflow) -> Outcome:
         assert x.state.started is not None
-        values, _ = workflow.validate_input(dict(x.state.started.input))
+        try:
+            values, _ = workflow.validate_input(dict(x.state.started.input))
+        except UsageError as exc:
+            x.needs_attention(0, f"the workflow no longer accepts this run's input ({exc.message}); "
+                                 "its signature changed since the run started")
         ctx = Context(x, is_async=workflow.is_async)
         try:
             if workflow.is_async:
-                result = asyncio.run(workflow.fn(ctx, **values))
+                result = run_coroutine(workflow.fn(ctx, **values))
             else:
-                result = workflow.fn(ctx, **values)
-        except _Abort as abort:
+                result = run_blocking(workflow.fn, ctx, **values)
+        except Abort as abort:
             return x.finish(failure=abort.error)
-        except (_Suspend, _Fenced):
+        except (Suspend, Fenced, StoreFailed):
             raise
         except Exception as exc:  # noqa: BLE001 - the workflow's failure is the run's outcome
             return x.finish(failure=exc)
@@ -211,10 +237,13 @@ class Baton:
         run_id = self.resolve_run_id(run_id)
         deadline = None if timeout is None else self.clock.time() + timeout
         while True:
+            before = self.get_run(run_id).head_seq
             outcome = self.execute(run_id, listener)
             record = self.get_run(run_id)
             if outcome is None or record.status.terminal:
                 return record
+            if record.head_seq == before and record.status in (RunStatus.PENDING, RunStatus.RUNNING):
+                return record  # nothing moved: executing again would change nothing
             if record.status is RunStatus.SLEEPING and wait_for_timers and record.wake_at:
                 delay = record.wake_at - self.clock.time()
                 if deadline is not None and self.clock.time() + delay > deadline:
@@ -241,9 +270,9 @@ class Baton:
         if record.status.terminal:
             raise UsageError(f"run {run_id} is {record.status.value}; it takes no more signals")
         try:
-            encoded = json.dumps(data)
-        except (TypeError, ValueError) as exc:
-            raise UsageError(f"signal data must be JSON: {exc}") from None
+            encoded = canonical_json(data)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise UsageError(f"signal data must be JSON (no NaN or infinities): {exc}") from None
         return self.store.send_signal(run_id, name, encoded, self.clock.time())
 
     def cancel(self, run_id: str) -> None:
@@ -271,13 +300,37 @@ class Baton:
             rec = x.state.steps.get(step_id)
             if record.status is not RunStatus.NEEDS_ATTENTION or rec is None or not rec.in_flight:
                 raise UsageError(f"step {step_id} of run {run_id} is not in doubt")
+            if applied:
+                self._check_resolved_result(record.workflow_ref, rec.name, result)
             x.append([ev.StepResolved(step_id=step_id, applied=applied, result=result, by=by, note=note)])
-        except _Fenced:
+        except Fenced:
             raise UsageError(f"run {run_id} moved on while resolving; try again") from None
-        except _StoreFailed as failed:
+        except StoreFailed as failed:
             raise failed.error from None
         finally:
             self.store.release(run_id, self.owner)
+
+    def _check_resolved_result(self, workflow_ref: str, tool_name: str, result: Any) -> None:
+        """A result given by hand must be one the workflow can read back."""
+        try:
+            canonical_json(result)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise UsageError(f"the result must be JSON (no NaN or infinities): {exc}") from None
+        try:
+            module = sys.modules[self.workflow_for(workflow_ref).fn.__module__]
+        except (BatonError, KeyError):
+            return  # the code cannot be loaded here; replay will say so if the shape is wrong
+        found = [v for v in vars(module).values() if isinstance(v, Tool) and v.name == tool_name]
+        if not found:
+            return
+        try:
+            found[0].decode_result(result)
+        except Exception as exc:  # noqa: BLE001 - Pydantic's message, shortened to one line
+            wanted = found[0].result_adapter.json_schema().get("type", "its return type")
+            raise UsageError(
+                f"{tool_name} returns {wanted}; the result given does not fit it "
+                f"({str(exc).splitlines()[0]}): pass it with --result JSON"
+            ) from None
 
     # -- reading --------------------------------------------------------------------
 

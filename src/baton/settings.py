@@ -33,6 +33,15 @@ class Settings:
     short_sleep: float = 2.0
     poll_seconds: float = 0.2
 
+    def __post_init__(self) -> None:
+        if self.heartbeat_seconds <= 0 or self.lease_seconds < 3 * self.heartbeat_seconds:
+            raise UsageError(
+                f"the lease ({self.lease_seconds}s) must be at least three heartbeats "
+                f"({self.heartbeat_seconds}s each), or live runs would be taken over"
+            )
+        if self.max_recoveries < 0:
+            raise UsageError(f"max_recoveries must be 0 or more, not {self.max_recoveries}")
+
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
         env = os.environ

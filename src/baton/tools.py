@@ -9,16 +9,15 @@ retries with exponential backoff and jitter, a stable idempotency key, and optio
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import random
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from pydantic import TypeAdapter
 
+from .aio import run_coroutine
 from .errors import ToolValidationError
 from .signatures import evaluated_signature, model_from_parameters, validate
 
@@ -142,36 +141,19 @@ class Tool(Generic[P, R]):
         values = {**args, "result": result, IDEMPOTENCY_KEY: f"{key}:compensate"}
         outcome = _call_with_accepted(self.compensate, values)
         if inspect.isawaitable(outcome):
-            return _wait_for(outcome)
+            return run_coroutine(outcome)
         return outcome
 
     def run_reconcile(self, args: dict[str, Any], key: str) -> Reconciled:
         assert self.reconcile is not None
         outcome = _call_with_accepted(self.reconcile, {**args, IDEMPOTENCY_KEY: key})
         if inspect.isawaitable(outcome):
-            outcome = _wait_for(outcome)
+            outcome = run_coroutine(outcome)
         if not isinstance(outcome, Reconciled):
             raise TypeError(
                 f"reconcile hook of {self.name} must return baton.Reconciled, not {type(outcome).__name__}"
             )
         return outcome
-
-
-async def _await(awaitable: Any) -> Any:
-    return await awaitable
-
-
-def _wait_for(awaitable: Any) -> Any:
-    """Run a hook's awaitable to completion from synchronous code. Hooks are called from
-    inside the event loop of an ``async def`` workflow, where ``asyncio.run`` is refused;
-    there the awaitable runs on its own loop in a helper thread (the workflow is blocked on
-    the hook's answer either way)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(_await(awaitable))
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="baton-hook") as pool:
-        return pool.submit(asyncio.run, _await(awaitable)).result()
 
 
 @overload

@@ -102,7 +102,7 @@ def _import_file(path: Path) -> Any:
     _FILE_MODULES[module_name] = path
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         del sys.modules[module_name]
         raise WorkflowNotFound(f"cannot load {path}: {type(exc).__name__}: {exc}") from exc
     return module

@@ -16,6 +16,7 @@ from ..journal import RunStatus
 from ..journal import events as ev
 from ..runtime import Baton
 from ..settings import Settings
+from ..store import RunRecord, SqliteStore, sqlite_path
 from .render import TimelineRenderer, run_json, runs_table, status_text, timeline_table
 
 app = typer.Typer(
@@ -40,8 +41,19 @@ DatabaseOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
-def _baton(db: str | None) -> Baton:
-    return Baton(Settings.from_env(database_url=db))
+def _baton(db: str | None, *, must_exist: bool = False) -> Baton:
+    """The runtime for a command. Commands that only read refuse to create a database: a
+    typo in the path or the wrong directory should not look like an empty history."""
+    settings = Settings.from_env(database_url=db)
+    if must_exist and settings.database_url.startswith("sqlite:"):
+        path = sqlite_path(settings.database_url)
+        if not path.exists():
+            raise UsageError(f"no Baton database at {path} (set BATON_DATABASE_URL or --db)")
+    return Baton(settings)
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _parse_json(text: str | None, what: str) -> Any:
@@ -54,9 +66,11 @@ def _parse_json(text: str | None, what: str) -> Any:
         except OSError as exc:
             raise UsageError(f"cannot read {what} from {path}: {exc.strerror}") from None
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
         raise UsageError(f"{what} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    except ValueError as exc:
+        raise UsageError(f"{what} is not valid JSON ({exc})") from None
 
 
 def _progress_printer() -> Any:
@@ -71,7 +85,7 @@ def _progress_printer() -> Any:
     return listener
 
 
-def _report(record: Any) -> int:
+def _report(record: RunRecord) -> int:
     status = record.status
     out.print(f"run [bold]{record.run_id}[/] is {status_text(status.value)}", highlight=False)
     if status is RunStatus.SLEEPING:
@@ -143,7 +157,7 @@ def _tagged_printer() -> Any:
 @app.command()
 def resume(run_id: str, db: DatabaseOpt = None) -> None:
     """Continue a run here and now (e.g. after resolving it)."""
-    with _baton(db) as baton:
+    with _baton(db, must_exist=True) as baton:
         record = baton.drive(run_id, listener=_progress_printer())
         raise typer.Exit(_report(record))
 
@@ -151,7 +165,7 @@ def resume(run_id: str, db: DatabaseOpt = None) -> None:
 @app.command()
 def cancel(run_id: str, db: DatabaseOpt = None) -> None:
     """Cancel a run: undo its completed steps (newest first) and stop it."""
-    with _baton(db) as baton:
+    with _baton(db, must_exist=True) as baton:
         run_id = baton.resolve_run_id(run_id)
         baton.cancel(run_id)
         record = baton.drive(run_id, listener=_progress_printer())
@@ -169,7 +183,7 @@ def send_signal(
     db: DatabaseOpt = None,
 ) -> None:
     """Send a signal to a run waiting in ctx.wait_for(NAME)."""
-    with _baton(db) as baton:
+    with _baton(db, must_exist=True) as baton:
         run_id = baton.resolve_run_id(run_id)
         baton.signal(run_id, name, _parse_json(data, "--data"))
         out.print(f"signal [bold]{name}[/] sent to {run_id}", highlight=False)
@@ -187,7 +201,7 @@ def resolve(
     db: DatabaseOpt = None,
 ) -> None:
     """Settle an in-doubt step of a run that needs attention, then continue it."""
-    with _baton(db) as baton:
+    with _baton(db, must_exist=True) as baton:
         run_id = baton.resolve_run_id(run_id)
         baton.resolve_step(run_id, step, applied=applied, result=_parse_json(result, "--result"),
                            by=by, note=note)
@@ -203,7 +217,7 @@ def runs_list(
     db: DatabaseOpt = None,
 ) -> None:
     """List runs, newest first."""
-    with _baton(db) as baton:
+    with _baton(db, must_exist=True) as baton:
         records = baton.store.list_runs(status=status, limit=limit)
         if as_json:
             print(json.dumps([run_json(r) for r in records], indent=2))
@@ -216,7 +230,7 @@ def runs_list(
 @runs_app.command("show")
 def runs_show(run_id: str, as_json: JsonOpt = False, db: DatabaseOpt = None) -> None:
     """Show a run and its timeline."""
-    with _baton(db) as baton:
+    with _baton(db, must_exist=True) as baton:
         record = baton.get_run(baton.resolve_run_id(run_id))
         rows = baton.journal(record.run_id)
         if as_json:
@@ -244,7 +258,7 @@ def audit_verify(
     """Recompute every hash chain; exit 1 naming the first broken event."""
     from ..audit import verify
 
-    with _baton(db) as baton:
+    with _baton(db, must_exist=True) as baton:
         report = verify(baton.store, baton.resolve_run_id(run_id) if run_id else None)
         if report.ok:
             out.print(f"[green]✓ audit chain intact[/]: {report.runs} runs, {report.events} events verified")
@@ -257,27 +271,41 @@ def audit_verify(
 @db_app.command("upgrade")
 def db_upgrade(db: DatabaseOpt = None) -> None:
     """Apply pending schema migrations (SQLite databases are upgraded on open anyway)."""
-    with _baton(db) as baton:
-        version = getattr(baton.store, "schema_version", lambda: "?")()
-        out.print(f"database schema at version {version}")
+    settings = Settings.from_env(database_url=db)
+    store = SqliteStore(sqlite_path(settings.database_url), migrate=False)
+    try:
+        applied = store.migrate()
+        version = store.schema_version()
+    finally:
+        store.close()
+    names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied) or "nothing to apply"
+    out.print(f"{settings.database_url}: schema version {version} ({names})", highlight=False)
 
 
 @db_app.command("status")
 def db_status(db: DatabaseOpt = None) -> None:
-    """Show the schema version."""
-    with _baton(db) as baton:
-        version = getattr(baton.store, "schema_version", lambda: "?")()
-        out.print(f"{baton.settings.database_url}: schema version {version}, up to date")
+    """Show the schema version and any pending migrations (changes nothing)."""
+    settings = Settings.from_env(database_url=db)
+    path = sqlite_path(settings.database_url)
+    if not path.exists():
+        raise UsageError(f"no Baton database at {path} (set BATON_DATABASE_URL or --db)")
+    store = SqliteStore(path, migrate=False)
+    try:
+        pending = store.pending_migrations()
+        version = store.schema_version()
+    finally:
+        store.close()
+    state = "up to date" if not pending else "pending: " + ", ".join(
+        f"{m.version:04d}_{m.name}" for m in pending)
+    out.print(f"{settings.database_url}: schema version {version}, {state}", highlight=False)
 
 
 @app.command()
-def demo(
-    keep: Annotated[bool, typer.Option(help="Keep the previous demo database instead of starting fresh.")] = False,
-) -> None:
-    """Tell the refund story: approval-free for now, with a real crash in the middle."""
+def demo() -> None:
+    """Tell the refund story, offline, with a real crash in the middle (in .baton/demo)."""
     from ..demo.story import run_demo
 
-    raise typer.Exit(run_demo(out, fresh=not keep))
+    raise typer.Exit(run_demo(out))
 
 
 def main() -> None:

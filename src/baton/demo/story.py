@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -64,23 +65,22 @@ def _wait(proc: subprocess.Popen[bytes], tail: _Tail, label: str, until: float,
     raise DemoFailed(f"{label} did not finish in time")
 
 
-def run_demo(console: Console, *, fresh: bool = True, root: Path = DEMO_DIR) -> int:
+def run_demo(console: Console, *, root: Path = DEMO_DIR) -> int:
     try:
-        return _story(console, fresh=fresh, root=root)
+        return _story(console, root=root)
     except DemoFailed as exc:
         console.print(f"[bold red]demo failed:[/] {exc}")
         return 1
 
 
-def _story(console: Console, *, fresh: bool, root: Path) -> int:
+def _story(console: Console, *, root: Path) -> int:
     started = time.monotonic()
     root = root.resolve()
     root.mkdir(parents=True, exist_ok=True)
     db_path, services_path, marker = root / "baton.db", root / "services.db", root / "refund-paused"
-    if fresh:
-        for path in root.iterdir():
-            if path.name.startswith(("baton.db", "services.db", "refund-paused")):
-                path.unlink()
+    for path in root.iterdir():  # every demo starts from nothing
+        if path.name.startswith(("baton.db", "services.db", "refund-paused")):
+            path.unlink()
     services = Services(services_path)
     services.seed()
     url = f"sqlite:///{db_path}"
@@ -151,8 +151,9 @@ def _story(console: Console, *, fresh: bool, root: Path) -> int:
     for ok, text in checks:
         console.print(f"  {'[green]✓[/]' if ok else '[bold red]✗[/]'} {text}", highlight=False)
     elapsed = time.monotonic() - started
+    command = shutil.which("baton") or str(Path(sys.executable).parent / "baton")
     console.print(f"\nDone in {elapsed:.1f}s. Explore it yourself:\n"
-                  f"  BATON_DATABASE_URL={url} baton runs show {run_id}\n"
-                  f"  BATON_DATABASE_URL={url} baton audit verify", highlight=False)
+                  f"  BATON_DATABASE_URL={url} {command} runs show {run_id}\n"
+                  f"  BATON_DATABASE_URL={url} {command} audit verify", highlight=False)
     baton.close()
     return 0 if all(ok for ok, _ in checks) else 1

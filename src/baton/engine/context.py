@@ -15,7 +15,8 @@ from typing import Any
 
 from ..journal import events as ev
 from ..tools import Tool
-from .execution import Execution, _Suspend
+from .execution import Execution
+from .stops import Suspend
 
 
 class Context:
@@ -42,10 +43,10 @@ class Context:
         """
         if not isinstance(tool, Tool):
             raise TypeError(f"ctx.call expects a function decorated with @tool, got {tool!r}")
-        step_id, plan = self._x.plan_call(tool, args, kwargs)
+        plan = self._x.calls.plan(tool, args, kwargs)
         if self._async:
-            return self._x.run_call_async(tool, step_id, plan)
-        return self._x.run_call_sync(tool, step_id, plan)
+            return self._x.calls.run_async(plan)
+        return self._x.calls.run_sync(plan)
 
     def sleep(self, seconds: float) -> Any:
         """A durable timer: the run may be suspended and resumed by any worker when it fires."""
@@ -75,7 +76,7 @@ class Context:
         assert rec.fire_at is not None
         remaining = max(0.0, rec.fire_at - x.clock.time())
         if remaining > x.settings.short_sleep:
-            raise _Suspend()
+            raise Suspend()
         return step_id, remaining
 
     def _fire(self, step_id: int) -> None:
@@ -116,7 +117,7 @@ class Context:
             return default
         if events:
             x.append(events)
-        raise _Suspend()
+        raise Suspend()
 
     def now(self) -> datetime:
         """The current time, recorded once: replay returns the same instant."""

@@ -12,7 +12,20 @@ import secrets
 import socket
 from pathlib import Path
 
-_HOST = socket.gethostname().replace(":", "_")
+
+def _machine() -> str:
+    """This host as liveness checks must see it: two containers may share a hostname but not
+    a boot id and pid namespace, and only within one of those does a pid name a process."""
+    host = socket.gethostname().replace(":", "_")
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+        pidns = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return host
+    return f"{host}/{boot}/{pidns}"
+
+
+_HOST = _machine()
 
 
 def _start_ticks(pid: int) -> str | None:
@@ -58,4 +71,4 @@ def describe_owner(owner: str | None) -> str:
     if not owner:
         return "nobody"
     parts = owner.split(":")
-    return f"pid {parts[1]} on {parts[0]}" if len(parts) == 4 else owner
+    return f"pid {parts[1]} on {parts[0].split('/')[0]}" if len(parts) == 4 else owner

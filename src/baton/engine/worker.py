@@ -28,6 +28,10 @@ class Worker:
         self.listener = listener
         self.stop_event = threading.Event()
         self.executed = 0
+        self._lock = threading.Lock()
+        # Runs whose last execution changed nothing (e.g. waiting on code that cannot load),
+        # by the head they stalled at: not picked again until their journal moves.
+        self._stalled: dict[str, int] = {}
 
     def stop(self) -> None:
         """Finish the runs in hand (each to its next stopping point), take no new ones."""
@@ -55,15 +59,23 @@ class Worker:
         return self.executed
 
     def _execute(self, run_id: str) -> object:
+        before = self.baton.store.get_run(run_id)
         outcome = self.baton.execute(run_id, self.listener)
         if outcome is not None:
-            self.executed += 1
+            with self._lock:
+                self.executed += 1
+            after = self.baton.store.get_run(run_id)
+            if before is not None and after is not None and after.head_seq == before.head_seq \
+                    and not after.status.terminal:
+                self._stalled[run_id] = after.head_seq
+            else:
+                self._stalled.pop(run_id, None)
         return outcome
 
     def _candidates(self, busy: set[str], limit: int) -> list[str]:
         store = self.baton.store
-        found = [r.run_id for r in store.runnable(self.baton.clock.time(), limit + len(busy))
-                 if r.run_id not in busy]
+        found = [r.run_id for r in store.runnable(self.baton.clock.time(), limit + len(busy) + len(self._stalled))
+                 if r.run_id not in busy and self._stalled.get(r.run_id) != r.head_seq]
         if len(found) < limit:
             for record in store.owned_runs():
                 if (record.run_id not in busy and record.run_id not in found

@@ -32,8 +32,10 @@ class RunStatus(StrEnum):
 # Events that only say the run is moving: the common case, checked first.
 MOVING = frozenset({
     ev.StepStarted, ev.StepCompleted, ev.StepFailed, ev.StepReconciled, ev.StepResolved,
-    ev.ValueRecorded, ev.TimerFired, ev.RunRecovered, ev.Compensated,
+    ev.ValueRecorded, ev.TimerFired, ev.Compensated,
 })
+# A takeover changes nothing about what the run is doing: a sleeping run stays asleep.
+STILL = frozenset({ev.RunRecovered})
 
 
 @dataclass(slots=True)
@@ -51,6 +53,8 @@ class IndexUpdate:
         if type(event) in MOVING:
             if self.status is not RunStatus.RUNNING:
                 self._set(RunStatus.RUNNING)
+            return
+        if type(event) in STILL:
             return
         match event:
             case ev.RunStarted():

@@ -52,6 +52,13 @@ class RunRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class Taken:
+    """A lease we now hold, and who held it before (``None``: nobody, or we did)."""
+
+    previous_owner: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Signal:
     signal_id: int
     run_id: str
@@ -99,9 +106,9 @@ class Store(Protocol):
     # -- leases ---------------------------------------------------------------------
 
     def claim(self, run_id: str, owner: str, now: float, lease_seconds: float,
-              expected_owner: str | None = None) -> bool:
+              expected_owner: str | None = None) -> Taken | None:
         """Atomically take the lease on ``run_id`` if it is free, expired, already ours, or
-        held by ``expected_owner`` (a holder the caller has proven dead)."""
+        held by ``expected_owner`` (a holder the caller has proven dead). ``None`` if not."""
         ...
 
     def runnable(self, now: float, limit: int = 10) -> list[RunRecord]:

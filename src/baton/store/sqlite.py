@@ -20,7 +20,7 @@ from typing import Any, Literal
 from ..errors import AppendConflict, MigrationError, StoreError
 from ..journal import EncodedEvent, IndexUpdate, RunStatus
 from . import migrations
-from .base import NewRun, RunRecord, Signal
+from .base import NewRun, RunRecord, Signal, Taken
 
 Durability = Literal["full", "normal"]
 
@@ -94,13 +94,24 @@ class SqliteStore:
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
         try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        except sqlite3.IntegrityError:
+            raise  # the caller knows what a violated constraint means
+        except sqlite3.Error as exc:
+            raise StoreError(f"database {self.path}: {exc}", retryable=True) from exc
+
+    def _query(self, sql: str, params: Any = ()) -> list[Any]:
+        try:
+            return self._conn().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"database {self.path}: {exc}", retryable=True) from exc
 
     def close(self) -> None:
         with self._lock:
@@ -112,20 +123,21 @@ class SqliteStore:
     # -- migrations -----------------------------------------------------------------
 
     def schema_version(self) -> int:
-        conn = self._conn()
-        has_table = conn.execute(
+        has_table = self._query(
             "SELECT 1 FROM sqlite_master WHERE type='table' AND name='schema_migrations'"
-        ).fetchone()
+        )
         if not has_table:
             return 0
-        row = conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
-        return int(row[0] or 0)
+        return int(self._query("SELECT MAX(version) FROM schema_migrations")[0][0] or 0)
 
     def pending_migrations(self) -> list[migrations.Migration]:
         current = self.schema_version()
         return [m for m in migrations.load("sqlite") if m.version > current]
 
     def migrate(self) -> list[migrations.Migration]:
+        known = migrations.load("sqlite")
+        if self.schema_version() == len(known):
+            return []  # up to date: no write lock needed
         applied = []
         with self._tx() as conn:
             conn.execute(
@@ -224,36 +236,34 @@ class SqliteStore:
         )
 
     def read(self, run_id: str, after_seq: int = 0) -> list[EncodedEvent]:
-        cur = self._conn().execute(
+        rows = self._query(
             "SELECT run_id, seq, type, at, data, hash FROM events "
             "WHERE run_id = ? AND seq > ? ORDER BY seq",
             (run_id, after_seq),
         )
-        return [EncodedEvent(*row) for row in cur]
+        return [EncodedEvent(*row) for row in rows]
 
     # -- the run index --------------------------------------------------------------
 
     def get_run(self, run_id: str) -> RunRecord | None:
-        row = self._conn().execute(
-            f"SELECT {_RUN_COLUMNS} FROM {_RUNS} WHERE runs.run_id = ?", (run_id,)
-        ).fetchone()
-        return _run(row) if row else None
+        rows = self._query(f"SELECT {_RUN_COLUMNS} FROM {_RUNS} WHERE runs.run_id = ?", (run_id,))
+        return _run(rows[0]) if rows else None
 
     def find_run(self, prefix: str) -> list[str]:
         # A range, not LIKE: exact (case-sensitive, no wildcards) on every backend, and indexed.
-        cur = self._conn().execute(
+        rows = self._query(
             "SELECT run_id FROM runs WHERE run_id >= ? AND run_id < ? ORDER BY run_id LIMIT 10",
             (prefix, prefix + "\U0010ffff"),
         )
-        return [r[0] for r in cur]
+        return [r[0] for r in rows]
 
     def list_runs(self, *, status: RunStatus | None = None, limit: int = 50) -> list[RunRecord]:
         if status is None:
-            cur = self._conn().execute(
+            cur = self._query(
                 f"SELECT {_RUN_COLUMNS} FROM {_RUNS} ORDER BY created_at DESC LIMIT ?", (limit,)
             )
         else:
-            cur = self._conn().execute(
+            cur = self._query(
                 f"SELECT {_RUN_COLUMNS} FROM {_RUNS} WHERE status = ? "
                 "ORDER BY created_at DESC LIMIT ?",
                 (status.value, limit),
@@ -261,22 +271,27 @@ class SqliteStore:
         return [_run(row) for row in cur]
 
     def all_run_ids(self) -> list[str]:
-        return [r[0] for r in self._conn().execute("SELECT run_id FROM runs ORDER BY created_at")]
+        return [r[0] for r in self._query("SELECT run_id FROM runs ORDER BY created_at")]
 
     # -- leases ---------------------------------------------------------------------
 
     def claim(self, run_id: str, owner: str, now: float, lease_seconds: float,
-              expected_owner: str | None = None) -> bool:
+              expected_owner: str | None = None) -> Taken | None:
         with self._tx() as conn:
-            cur = conn.execute(
-                "UPDATE runs SET owner = ?, lease_expires_at = ? WHERE run_id = ? AND "
-                "(owner IS NULL OR lease_expires_at < ? OR owner = ? OR owner = ?)",
-                (owner, now + lease_seconds, run_id, now, owner, expected_owner),
-            )
-            return cur.rowcount == 1
+            row = conn.execute("SELECT owner, lease_expires_at FROM runs WHERE run_id = ?",
+                               (run_id,)).fetchone()
+            if row is None:
+                return None
+            holder, expires = row
+            free = holder is None or holder == owner or (expires is not None and expires < now)
+            if not (free or (expected_owner is not None and holder == expected_owner)):
+                return None
+            conn.execute("UPDATE runs SET owner = ?, lease_expires_at = ? WHERE run_id = ?",
+                         (owner, now + lease_seconds, run_id))
+            return Taken(None if holder == owner else holder)
 
     def runnable(self, now: float, limit: int = 10) -> list[RunRecord]:
-        cur = self._conn().execute(
+        cur = self._query(
             f"SELECT {_RUN_COLUMNS} FROM {_RUNS} WHERE {_RUNNABLE} "
             "AND (owner IS NULL OR lease_expires_at < :now) "
             "ORDER BY created_at LIMIT :limit",
@@ -285,7 +300,7 @@ class SqliteStore:
         return [_run(row) for row in cur]
 
     def owned_runs(self) -> list[RunRecord]:
-        cur = self._conn().execute(
+        cur = self._query(
             f"SELECT {_RUN_COLUMNS} FROM {_RUNS} WHERE owner IS NOT NULL "
             f"AND status NOT IN {_TERMINAL!r}"
         )
@@ -331,7 +346,7 @@ class SqliteStore:
             return cur.lastrowid
 
     def pending_signals(self, run_id: str) -> list[Signal]:
-        cur = self._conn().execute(
+        cur = self._query(
             "SELECT signal_id, run_id, name, data, sent_at FROM signals "
             "WHERE run_id = ? AND consumed = 0 ORDER BY signal_id",
             (run_id,),

@@ -1,0 +1,300 @@
+"""``ctx.call``: serving a tool call from the journal, or making it durably.
+
+The retry loop is written once, as a generator that yields what it needs done (call the
+tool, or wait) and is sent the outcome; a sync and an async driver run it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Generator
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..aio import run_coroutine
+from ..errors import BatonError, StepError, ToolTimeout, ToolValidationError
+from ..journal import canonical_json
+from ..journal import events as ev
+from ..tools import Tool
+from .replay import StepRecord
+from .stops import Abort
+
+if TYPE_CHECKING:
+    from .execution import Execution
+
+
+def idempotency_key(run_id: str, step_id: int) -> str:
+    return f"{run_id}:{step_id}"
+
+
+def error_info(exc: BaseException) -> ev.ErrorInfo:
+    message = str(exc) or type(exc).__name__
+    if isinstance(exc, StepError):
+        return ev.ErrorInfo(type=exc.error_type, message=message, retryable=exc.retryable, code=exc.code)
+    if isinstance(exc, BatonError):
+        return ev.ErrorInfo(type=type(exc).__name__, message=message, retryable=exc.retryable, code=exc.code)
+    return ev.ErrorInfo(type=type(exc).__name__, message=message)
+
+
+def step_error(name: str, info: ev.ErrorInfo, run_id: str, step_id: int) -> StepError:
+    """The exception a workflow sees for a failed step: the same live and on replay."""
+    if info.code == ToolValidationError.code:
+        return ToolValidationError(info.message, error_type=info.type, run_id=run_id, step_id=step_id)
+    cls = ToolTimeout if info.code == ToolTimeout.code else StepError
+    return cls(f"{name} failed: {info.type}: {info.message}", error_type=info.type, run_id=run_id,
+               step_id=step_id, retryable=info.retryable)
+
+
+@dataclass(slots=True)
+class CallPlan:
+    """What a ``ctx.call`` will do: return a recorded value, raise a recorded failure, or
+    make attempts starting at ``attempt``."""
+
+    tool: Tool[Any, Any]
+    step_id: int
+    value: Any = None
+    error: StepError | None = None
+    run: bool = False
+    values: dict[str, Any] = field(default_factory=dict)
+    args_json: dict[str, Any] = field(default_factory=dict)
+    attempt: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Invoke:
+    values: dict[str, Any]
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    seconds: float
+
+
+Attempts = Generator[Invoke | Wait, Any, Any]
+
+
+class Calls:
+    """The tool calls of one execution."""
+
+    def __init__(self, x: Execution) -> None:
+        self.x = x
+
+    # -- planning -------------------------------------------------------------------
+
+    def plan(self, tool: Tool[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> CallPlan:
+        x = self.x
+        step_id, rec = x.next_step("call", tool.name)
+        x.tools[step_id] = tool
+        if rec is not None and rec.completed:
+            return CallPlan(tool, step_id, value=self.decode_recorded(tool, rec))
+        if rec is not None and rec.error is not None:
+            return CallPlan(tool, step_id, error=step_error(tool.name, rec.error, x.run_id, step_id))
+        x.before_new_work(step_id)
+        if rec is not None:
+            values, _ = tool.validate(rec.args)
+            if rec.in_flight and not tool.idempotent:
+                return self.settle_in_doubt(tool, rec, values)
+            return CallPlan(tool, step_id, run=True, values=values, args_json=rec.args,
+                            attempt=rec.attempts + 1)
+        try:
+            values, args_json = tool.validate(tool.bind(args, kwargs))
+            canonical_json(args_json)
+        except (ToolValidationError, ValueError) as exc:
+            error = exc if isinstance(exc, ToolValidationError) else ToolValidationError(
+                f"invalid arguments for {tool.name}: {exc} (NaN and infinities are not JSON)")
+            raw = {**{str(i): repr(v) for i, v in enumerate(args)}, **{k: repr(v) for k, v in kwargs.items()}}
+            x.append([
+                ev.StepStarted(step_id=step_id, kind="call", name=tool.name, args=raw, attempt=0,
+                               idempotency_key=idempotency_key(x.run_id, step_id), idempotent=tool.idempotent),
+                ev.StepFailed(step_id=step_id, attempt=0, error=error_info(error), final=True),
+            ])
+            return CallPlan(tool, step_id, error=step_error(tool.name, error_info(error), x.run_id, step_id))
+        return CallPlan(tool, step_id, run=True, values=values, args_json=args_json)
+
+    def decode_recorded(self, tool: Tool[Any, Any], rec: StepRecord) -> Any:
+        try:
+            return tool.decode_result(rec.result)
+        except Exception as exc:  # noqa: BLE001 - a recorded result the code can no longer read
+            raise Abort(BatonError(
+                f"step {rec.step_id} ({tool.name}): its recorded result no longer matches the tool's "
+                f"return type ({type(exc).__name__}); the tool changed since the step ran",
+                run_id=self.x.run_id, step_id=rec.step_id,
+            )) from None
+
+    def settle_in_doubt(self, tool: Tool[Any, Any], rec: StepRecord, values: dict[str, Any]) -> CallPlan:
+        """A non-idempotent call started and nothing says how it ended."""
+        x = self.x
+        key = rec.idempotency_key or idempotency_key(x.run_id, rec.step_id)
+        if tool.reconcile is None:
+            x.needs_attention(rec.step_id, (
+                f"step {rec.step_id} ({tool.name}) was interrupted after it started; it is not "
+                "idempotent and has no reconcile hook, so Baton will not run it again on a guess. "
+                f"Check whether it took effect (idempotency key {key}), then resolve the step."
+            ))
+        try:
+            answer = tool.run_reconcile(values, key)
+            result_json = tool.encode_result(answer.result) if answer.applied else None
+            canonical_json({"result": result_json})
+        except Exception as exc:  # noqa: BLE001 - any failure of the hook needs a person
+            x.needs_attention(rec.step_id, (
+                f"step {rec.step_id} ({tool.name}) is in doubt and its reconcile hook failed: "
+                f"{type(exc).__name__}: {exc}"
+            ))
+        x.append([ev.StepReconciled(step_id=rec.step_id, applied=answer.applied, result=result_json)])
+        if answer.applied:
+            return CallPlan(tool, rec.step_id, value=tool.decode_result(result_json))
+        return CallPlan(tool, rec.step_id, run=True, values=values, args_json=rec.args,
+                        attempt=rec.attempts + 1)
+
+    # -- attempts ---------------------------------------------------------------------
+
+    def attempts(self, plan: CallPlan) -> Attempts:
+        x, tool, step_id = self.x, plan.tool, plan.step_id
+        attempt = plan.attempt
+        while True:
+            start = ev.StepStarted.trusted(
+                step_id=step_id, kind="call", name=tool.name, args=plan.args_json, attempt=attempt,
+                idempotency_key=idempotency_key(x.run_id, step_id), idempotent=tool.idempotent,
+            )
+            if not tool.idempotent:
+                x.append([start])  # the intent is durable before the call is made
+            try:
+                value = yield Invoke(plan.values, start.idempotency_key)
+            except ToolTimeout as exc:
+                if not tool.idempotent and exc.state != "not_started":
+                    self.timed_out_in_doubt(tool, step_id, exc)
+                    settled = self.settle_in_doubt(tool, x.state.steps[step_id], plan.values)
+                    if not settled.run:
+                        return settled.value
+                failure: Exception = exc
+            except Exception as exc:  # noqa: BLE001 - every tool failure is recorded
+                failure = exc
+            else:
+                return self.record_success(tool, start, value)
+            delay = self.record_failure(tool, start, failure)
+            yield Wait(delay)
+            x.before_new_work(step_id)
+            attempt += 1
+
+    def record_success(self, tool: Tool[Any, Any], start: ev.StepStarted, value: Any) -> Any:
+        x, step_id = self.x, start.step_id
+        try:
+            result_json = tool.encode_result(value)
+            done = ev.StepCompleted.trusted(step_id=step_id, result=result_json)
+            done.encoded()
+        except Exception as exc:  # noqa: BLE001 - the call took effect; its result cannot be kept
+            info = ev.ErrorInfo(type=type(exc).__name__, retryable=False, code="result_not_json",
+                                message=f"the call took effect but its result cannot be stored as JSON: {exc}")
+            failed = ev.StepFailed(step_id=step_id, attempt=start.attempt, error=info, final=True)
+            x.append([start, failed] if tool.idempotent else [failed])
+            raise step_error(tool.name, info, x.run_id, step_id) from None
+        x.append([start, done] if tool.idempotent else [done])
+        return tool.decode_result(result_json)
+
+    def record_failure(self, tool: Tool[Any, Any], start: ev.StepStarted, exc: Exception) -> float:
+        """Journal a failed attempt. Returns the delay before the next one, or raises."""
+        x, step_id = self.x, start.step_id
+        rec = x.state.steps.get(step_id)
+        failures = rec.failures if rec is not None else 0
+        retryable = tool.retry.is_retryable(exc) and failures < tool.retry.retries
+        delay = tool.retry.delay(failures + 1) if retryable else None
+        info = error_info(exc).model_copy(update={"retryable": retryable})
+        failed = ev.StepFailed(step_id=step_id, attempt=start.attempt, error=info, final=not retryable,
+                               retry_in=delay)
+        x.append([start, failed] if tool.idempotent else [failed])
+        if delay is None:
+            raise step_error(tool.name, info, x.run_id, step_id)
+        return delay
+
+    def timed_out_in_doubt(self, tool: Tool[Any, Any], step_id: int, exc: ToolTimeout) -> None:
+        """A non-idempotent call that may still be running cannot be reconciled yet."""
+        if exc.state == "running":
+            key = idempotency_key(self.x.run_id, step_id)
+            self.x.needs_attention(step_id, (
+                f"step {step_id} ({tool.name}) timed out and is still running in the background; "
+                "it is not idempotent, so Baton will neither retry nor reconcile it while it may "
+                f"still take effect. Check whether it took effect (idempotency key {key}), then "
+                "resolve the step."
+            ))
+
+    # -- drivers ----------------------------------------------------------------------
+
+    def run_sync(self, plan: CallPlan) -> Any:
+        if not plan.run:
+            if plan.error is not None:
+                raise plan.error
+            return plan.value
+        steps = self.attempts(plan)
+        request = next(steps)
+        while True:
+            try:
+                if isinstance(request, Wait):
+                    self.x.clock.sleep(request.seconds)
+                    request = steps.send(None)
+                    continue
+                try:
+                    outcome = self.invoke_sync(plan.tool, request)
+                except Exception as exc:  # noqa: BLE001 - handed to the retry loop
+                    request = steps.throw(exc)
+                else:
+                    request = steps.send(outcome)
+            except StopIteration as done:
+                return done.value
+
+    async def run_async(self, plan: CallPlan) -> Any:
+        if not plan.run:
+            if plan.error is not None:
+                raise plan.error
+            return plan.value
+        steps = self.attempts(plan)
+        request = next(steps)
+        while True:
+            try:
+                if isinstance(request, Wait):
+                    await self.x.clock.sleep_async(request.seconds)
+                    request = steps.send(None)
+                    continue
+                try:
+                    outcome = await self.invoke_async(plan.tool, request)
+                except Exception as exc:  # noqa: BLE001 - handed to the retry loop
+                    request = steps.throw(exc)
+                else:
+                    request = steps.send(outcome)
+            except StopIteration as done:
+                return done.value
+
+    def invoke_sync(self, tool: Tool[Any, Any], request: Invoke) -> Any:
+        kwargs = {**request.values, "idempotency_key": request.key} if tool.wants_key else request.values
+        if tool.is_async:
+            return run_coroutine(self.invoke_async(tool, request))
+        if tool.timeout is None:
+            return tool.fn(**kwargs)
+        future = self.x.pool.submit(tool.fn, **kwargs)
+        try:
+            return future.result(timeout=tool.timeout)
+        except FutureTimeout:
+            pass
+        if future.cancel():
+            raise ToolTimeout(f"did not start within {tool.timeout}s", error_type="TimeoutError",
+                              state="not_started") from None
+        try:  # a grace period: a call that finishes now has a known outcome after all
+            return future.result(timeout=tool.timeout)
+        except FutureTimeout:
+            raise ToolTimeout(f"did not finish within {tool.timeout}s", error_type="TimeoutError",
+                              state="running") from None
+
+    async def invoke_async(self, tool: Tool[Any, Any], request: Invoke) -> Any:
+        kwargs = {**request.values, "idempotency_key": request.key} if tool.wants_key else request.values
+        if tool.is_async:
+            call = tool.fn(**kwargs)
+        else:
+            call = asyncio.get_running_loop().run_in_executor(self.x.pool, lambda: tool.fn(**kwargs))
+        try:
+            return await asyncio.wait_for(call, tool.timeout)
+        except TimeoutError:
+            # An async call was cancelled: it is over, though it may have taken effect. A sync
+            # one in the thread pool cannot be cancelled and may still be running.
+            raise ToolTimeout(f"did not finish within {tool.timeout}s", error_type="TimeoutError",
+                              state="cancelled" if tool.is_async else "running") from None
