@@ -194,6 +194,9 @@ class Baton:
         except StoreFailed as failed:
             # Stopped as if crashed: the run stays as its journal left it, for a retry.
             raise failed.error from None
+        except Abort as abort:  # while finishing: fail the run plainly
+            x.append([ev.RunFailed(error=error_info(abort.error))])
+            return Outcome(RunStatus.FAILED, abort.error.message)
 
     def _check_crash_loop(self, x: Execution) -> None:
         """After too many takeovers without progress the run fails; if even failing it

@@ -31,7 +31,8 @@ def model_from_parameters(name: str, params: Iterable[inspect.Parameter]) -> typ
         annotation = Any if param.annotation is inspect.Parameter.empty else param.annotation
         default = ... if param.default is inspect.Parameter.empty else param.default
         fields[param.name] = (annotation, default)
-    config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    # NaN and infinities are not JSON: refuse them here, before anything runs.
+    config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, allow_inf_nan=False)
     return create_model(name, __config__=config, **fields)
 
 

@@ -100,10 +100,7 @@ class Calls:
                             attempt=rec.attempts + 1)
         try:
             values, args_json = tool.validate(tool.bind(args, kwargs))
-            canonical_json(args_json)
-        except (ToolValidationError, ValueError) as exc:
-            error = exc if isinstance(exc, ToolValidationError) else ToolValidationError(
-                f"invalid arguments for {tool.name}: {exc} (NaN and infinities are not JSON)")
+        except ToolValidationError as error:
             raw = {**{str(i): repr(v) for i, v in enumerate(args)}, **{k: repr(v) for k, v in kwargs.items()}}
             x.append([
                 ev.StepStarted(step_id=step_id, kind="call", name=tool.name, args=raw, attempt=0,

@@ -88,7 +88,11 @@ class Execution:
         batch = self.pending + events if self.pending else events
         self.pending = []
         now = self.clock.time()
-        rows = encode_batch(self.run_id, self.head_seq, self.head_hash, batch, now)
+        try:
+            rows = encode_batch(self.run_id, self.head_seq, self.head_hash, batch, now)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise Abort(BatonError(f"cannot record the run's events: they are not JSON ({exc})",
+                                   run_id=self.run_id)) from None
         if self.indexed_status is RunStatus.RUNNING and all(type(e) in MOVING for e in batch):
             update = _NO_UPDATE  # the common case: a step of a running run changes no index field
         else:
