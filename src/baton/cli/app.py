@@ -88,7 +88,9 @@ def _progress_printer() -> Any:
 def _report(record: RunRecord) -> int:
     status = record.status
     out.print(f"run [bold]{record.run_id}[/] is {status_text(status.value)}", highlight=False)
-    if status is RunStatus.SLEEPING:
+    if status in (RunStatus.PENDING, RunStatus.RUNNING):
+        out.print(f"  another worker is executing it: [bold]baton runs show {record.run_id}[/]")
+    elif status is RunStatus.SLEEPING:
         out.print("  a worker will continue it when its timer fires: [bold]baton worker[/]")
     elif status is RunStatus.WAITING:
         out.print(f"  send it the signal: [bold]baton signal {record.run_id} {record.waiting_for} --data JSON[/]")
@@ -115,7 +117,12 @@ def run(
     with _baton(db) as baton:
         run_id = baton.start(target, data, principal=principal)
         out.print(f"started run [bold]{run_id}[/]", highlight=False)
-        record = baton.drive(run_id, listener=_progress_printer(), wait_for_timers=wait)
+        try:
+            record = baton.drive(run_id, listener=_progress_printer(), wait_for_timers=wait)
+        except KeyboardInterrupt:
+            err.print(f"interrupted: run {run_id} is saved; continue it with `baton resume {run_id}` "
+                      "or `baton worker`", highlight=False)
+            raise typer.Exit(130) from None
         raise typer.Exit(_report(record))
 
 

@@ -7,7 +7,7 @@ Their ``type`` is the class name and is stored next to the data, not inside it.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal, Self
+from typing import Any, ClassVar, Literal, Self, get_args
 
 from pydantic import BaseModel, ConfigDict, JsonValue
 
@@ -27,6 +27,13 @@ class ErrorInfo(BaseModel):
     code: str | None = None
 
 
+def _holds_model(annotation: Any) -> bool:
+    """Does a field's type contain a nested model (whose ``__dict__`` is not JSON)?"""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return True
+    return any(_holds_model(arg) for arg in get_args(annotation))
+
+
 class Event(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -43,9 +50,7 @@ class Event(BaseModel):
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
         super().__pydantic_init_subclass__(**kwargs)
-        cls.json_native = not any(
-            "ErrorInfo" in str(f.annotation) for f in cls.model_fields.values()
-        )
+        cls.json_native = not any(_holds_model(f.annotation) for f in cls.model_fields.values())
 
     def to_json(self) -> dict[str, Any]:
         """The event's data as JSON values (what is stored and hashed)."""

@@ -34,14 +34,14 @@ _RUNS = (
     "runs LEFT JOIN events AS head ON head.run_id = runs.run_id AND head.seq = "
     "(SELECT MAX(seq) FROM events AS e WHERE e.run_id = runs.run_id)"
 )
-_TERMINAL = tuple(s.value for s in RunStatus if s.terminal)
+_TERMINAL = "(" + ", ".join(f"'{s.value}'" for s in RunStatus if s.terminal) + ")"
 _RUNNABLE = f"""
     (status IN ('pending', 'running')
      OR (status = 'sleeping' AND wake_at <= :now)
      OR (status = 'waiting' AND (wake_at <= :now OR EXISTS (
             SELECT 1 FROM signals s
             WHERE s.run_id = runs.run_id AND s.name = runs.waiting_for AND s.consumed = 0)))
-     OR (cancel_requested = 1 AND status NOT IN {_TERMINAL!r}))
+     OR (cancel_requested = 1 AND status NOT IN {_TERMINAL}))
 """
 
 
@@ -302,7 +302,7 @@ class SqliteStore:
     def owned_runs(self) -> list[RunRecord]:
         cur = self._query(
             f"SELECT {_RUN_COLUMNS} FROM {_RUNS} WHERE owner IS NOT NULL "
-            f"AND status NOT IN {_TERMINAL!r}"
+            f"AND status NOT IN {_TERMINAL}"
         )
         return [_run(row) for row in cur]
 
