@@ -114,7 +114,7 @@ def crashing_baton(settings: Settings, crash_at: int | None = None, when: str = 
                    **kwargs: Any) -> tuple[Baton, CrashingStore]:
     path = Path(settings.database_url.removeprefix("sqlite:///"))
     store = CrashingStore(SqliteStore(path, durability=settings.durability), crash_at, when)
-    return Baton(settings, store=store, **kwargs), store  # type: ignore[arg-type]
+    return Baton(settings, store=store, **kwargs), store
 
 
 def expire_lease(path: Path, run_id: str) -> None:

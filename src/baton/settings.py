@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -34,6 +35,10 @@ class Settings:
     poll_seconds: float = 0.2
 
     def __post_init__(self) -> None:
+        for name in ("lease_seconds", "heartbeat_seconds", "short_sleep", "poll_seconds"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise UsageError(f"{name} must be a finite number of seconds, not {value}")
         if self.heartbeat_seconds <= 0 or self.lease_seconds < 3 * self.heartbeat_seconds:
             raise UsageError(
                 f"the lease ({self.lease_seconds}s) must be at least three heartbeats "

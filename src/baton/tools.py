@@ -10,12 +10,13 @@ retries with exponential backoff and jitter, a stable idempotency key, and optio
 from __future__ import annotations
 
 import inspect
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-from pydantic import TypeAdapter
+from pydantic import BaseModel, TypeAdapter
 
 from .aio import run_coroutine
 from .errors import ToolValidationError
@@ -59,6 +60,21 @@ class RetryPolicy:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
         base = min(self.max_backoff, self.backoff * 2.0 ** (attempt - 1))
         return float(base * (0.5 + random.random() / 2))
+
+
+def _non_finite(value: Any, depth: int = 0) -> bool:
+    """Is there a NaN or an infinity anywhere in ``value``?"""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if depth > 100 or isinstance(value, str | int | bool) or value is None:
+        return False
+    if isinstance(value, dict):
+        return any(_non_finite(v, depth + 1) for v in value.values())
+    if isinstance(value, list | tuple | set | frozenset):
+        return any(_non_finite(v, depth + 1) for v in value)
+    if isinstance(value, BaseModel):
+        return any(_non_finite(v, depth + 1) for v in value.__dict__.values())
+    return False
 
 
 def _call_with_accepted(fn: Callable[..., Any], values: dict[str, Any]) -> Any:
@@ -131,6 +147,10 @@ class Tool(Generic[P, R]):
         return validate(self.args_model, kwargs, what=f"arguments for {self.name}", error=ToolValidationError)
 
     def encode_result(self, value: Any) -> Any:
+        """The result as JSON values. NaN and infinities raise ``ValueError`` (Pydantic would
+        quietly turn them into ``null``)."""
+        if _non_finite(value):
+            raise ValueError(f"{self.name} returned NaN or an infinity, which JSON cannot hold")
         return self.result_adapter.dump_python(value, mode="json")
 
     def decode_result(self, value: Any) -> Any:
