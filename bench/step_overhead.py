@@ -13,7 +13,9 @@ import argparse
 import cProfile
 import datetime
 import faulthandler
+import hashlib
 import io
+import json
 import os
 import platform
 import pstats
@@ -170,9 +172,9 @@ class Floor:
 
     ROW = "x" * 300
 
-    def __init__(self, folder: str, synchronous: str) -> None:
+    def __init__(self, folder: str, synchronous: str, name: str = "floor") -> None:
         self.synchronous = synchronous
-        self.conn = sqlite3.connect(Path(folder) / f"floor-{synchronous.lower()}.db",
+        self.conn = sqlite3.connect(Path(folder) / f"{name}-{synchronous.lower()}.db",
                                     isolation_level=None)
         self.conn.execute("PRAGMA journal_mode = WAL")
         self.conn.execute(f"PRAGMA synchronous = {synchronous}")
@@ -198,6 +200,42 @@ class Floor:
 
     def close(self) -> None:
         self.conn.close()
+
+
+class MinimalJournal(Floor):
+    """The least a hash-chained journal can cost per step from Python: each commit is one
+    event row in Baton's events table, its data canonical JSON and its hash chained onto
+    the previous one, and nothing else (no validation, no replay table, no workflow).
+    Measured to show how much of a step's cost is inherent rather than Baton's own."""
+
+    def __init__(self, folder: str, synchronous: str) -> None:
+        self.prev = "0" * 64
+        self.seq = 0
+        self.encoder = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        super().__init__(folder, synchronous, name="minimal-journal")
+
+    def sample(self, commits: int, *, keep: bool = True) -> list[float]:
+        conn, taken = self.conn, []
+        if self.seq == 0:
+            conn.execute("CREATE TABLE events (run_id TEXT NOT NULL, seq INTEGER NOT NULL, type TEXT NOT NULL, "
+                         "at TEXT NOT NULL, data TEXT NOT NULL, hash TEXT NOT NULL, "
+                         "PRIMARY KEY (run_id, seq)) WITHOUT ROWID")
+        for _ in range(commits):
+            start = time.perf_counter()
+            self.seq += 1
+            data = self.encoder.encode({"args": {"i": self.seq}, "name": "noop", "result": self.seq,
+                                        "step_id": self.seq, "idempotency_key": f"r:{self.seq}"})
+            digest = hashlib.sha256((self.prev + data).encode()).hexdigest()
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)",
+                         ("1a217b4b490a5b0d1e178", self.seq, "StepCompleted", "2026-11-26T12:00:00.000000Z",
+                          data, digest))
+            conn.execute("COMMIT")
+            self.prev = digest
+            taken.append(time.perf_counter() - start)
+        if keep:
+            self.samples.extend(taken)
+        return taken
 
 
 # -- 2-5. per-step cost ---------------------------------------------------------------
@@ -348,14 +386,18 @@ def main(argv: list[str] | None = None) -> int:
         normal = Floor(floor_dir, "NORMAL") if durability == "normal" else None
         floor = normal or full
         floors = [full] if normal is None else [full, normal]
+        minimal = MinimalJournal(floor_dir, floor.synchronous)
         try:
             start_full = statistics.median(full.fresh)
             per_step, row_floor = measure_steps(root, durability, counts, args, floors, floor)
             resume, resume_base = measure_resume(root, durability, counts[-1], args.repeat)
             for f in floors:
                 f.sample(burst * 5)
+            for _ in range(5):  # interleaved with the floor, so both see the same disk
+                minimal.sample(burst)
+                floor.sample(burst)
         finally:
-            for f in floors:
+            for f in [*floors, minimal]:
                 f.close()
 
     large, small = counts[-1], counts[0]
@@ -367,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"   synchronous=FULL, first {WARMUP_COMMITS} commits on a new file (WAL growing, "
           f"not used): {us(start_full)} µs")
     print(f"   ratios use synchronous={floor.synchronous} commits timed around each row")
+    print(f"   reference: a minimal hash-chained journal step (one canonical-JSON event, sha256, "
+          f"one row, commit): {us(minimal.median)} µs = {minimal.median / floor.median:.2f} bare commits")
     print()
 
     print("2-4. Per-step cost of ctx.call on a no-op tool: (run(N) - run(0)) / N")
