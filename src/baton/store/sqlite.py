@@ -9,6 +9,7 @@ the last commits on power loss.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import threading
 import time
@@ -43,6 +44,15 @@ _RUNNABLE = f"""
             WHERE s.run_id = runs.run_id AND s.name = runs.waiting_for AND s.consumed = 0)))
      OR (cancel_requested = 1 AND status NOT IN {_TERMINAL}))
 """
+
+
+_MAX_ROWS = 16
+
+
+@functools.lru_cache(maxsize=_MAX_ROWS)
+def _insert_sql(count: int) -> str:
+    values = ", ".join(["(?, ?, ?, ?, ?, ?)"] * count)
+    return f"INSERT INTO events (run_id, seq, type, at, data, hash) VALUES {values}"
 
 
 def _run(row: tuple[Any, ...]) -> RunRecord:
@@ -193,6 +203,10 @@ class SqliteStore:
             )
         conn = self._conn()
         try:
+            if update.status is None and not update.consumed_signals and len(rows) <= _MAX_ROWS:
+                # The common case, a step of a running run: one statement is one transaction.
+                conn.execute(_insert_sql(len(rows)), [v for r in rows for v in r])
+                return
             conn.execute("BEGIN IMMEDIATE")
             try:
                 self._insert(conn, rows)
