@@ -563,10 +563,10 @@ def test_a_run_released_normally_is_not_taken_over(settings: Settings) -> None:
         b.register(wf, ref=a.get_run(run_id).workflow_ref)
         claim = a.acquire(run_id)
         assert claim is not None and claim.previous_owner is None
-        a.store.release(run_id, a.owner)
+        a.let_go(run_id)
         claim = b.acquire(run_id)
         assert claim is not None and claim.previous_owner is None and claim.reason == ""
-        b.store.release(run_id, b.owner)
+        b.let_go(run_id)
         assert b.drive(run_id).status is RunStatus.WAITING
         assert not of_type(b, run_id, ev.RunRecovered)
 
@@ -615,7 +615,7 @@ def test_a_release_between_reading_and_claiming_is_not_a_takeover(tmp_path: Path
             assert released == [True]
             assert claim is not None
             assert claim.previous_owner is None, claim.reason
-            b.store.release(run_id, b.owner)
+            b.let_go(run_id)
             assert b.drive(run_id).status is RunStatus.WAITING
             assert not of_type(b, run_id, ev.RunRecovered)
 
@@ -783,3 +783,145 @@ def test_cli_signal_with_nan_data_is_one_line_and_sends_nothing(tmp_path: Path) 
     assert lines[0].startswith("error: ") and "NaN" in lines[0]
     with Baton(settings) as b:
         assert b.store.pending_signals(run_id) == []
+
+
+def test_cli_signal_with_a_lone_surrogate_is_one_line(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, database_url=f"sqlite:///{tmp_path}/baton.db")
+    with Baton(settings) as b:
+        run_id = b.start(edges_waits_for_go)
+    proc = cli(tmp_path, "signal", run_id, "go", "--data", '"\\ud800"')
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+
+
+# -- 13. a tool's own timeouts, exits and cancellations are its failures ----------------------
+
+
+class BackendTimeout(TimeoutError):
+    """What a client library raises when its server is slow: the tool's failure, not Baton's."""
+
+
+@pytest.mark.parametrize("timeout", [5.0, None], ids=["with-timeout", "no-timeout"])
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync-tool", "async-tool"])
+def test_a_timeout_raised_by_the_tool_itself_is_an_ordinary_failure(
+    baton: Baton, is_async: bool, timeout: float | None
+) -> None:
+    calls: list[int] = []
+
+    if is_async:
+        @tool(timeout=timeout)
+        async def transfer(amount: int) -> str:
+            calls.append(amount)
+            raise BackendTimeout("bank did not answer")
+    else:
+        @tool(timeout=timeout)
+        def transfer(amount: int) -> str:
+            calls.append(amount)
+            raise BackendTimeout("bank did not answer")
+
+    @workflow
+    def wf(ctx: Context) -> str:
+        try:
+            return str(ctx.call(transfer, 5))
+        except StepError as err:
+            return str(err)
+
+    record = baton.run(wf)
+    assert record.status is RunStatus.COMPLETED, record.outcome
+    assert record.outcome == '"transfer failed: BackendTimeout: bank did not answer"'
+    assert calls == [5]
+    assert not of_type(baton, record.run_id, ev.NeedsAttention)
+
+
+def test_a_tool_that_exits_the_process_fails_its_step_once(baton: Baton) -> None:
+    calls: list[int] = []
+
+    @tool(idempotent=True)
+    def bad(i: int) -> int:
+        calls.append(i)
+        sys.exit(3)
+
+    @workflow
+    def wf(ctx: Context) -> str:
+        try:
+            return str(ctx.call(bad, 1))
+        except StepError as err:
+            return str(err)
+
+    record = baton.run(wf)
+    assert record.status is RunStatus.COMPLETED
+    assert record.outcome is not None and "SystemExit" in record.outcome
+    assert calls == [1]
+
+
+def test_a_run_this_process_is_executing_is_not_executed_again(baton: Baton) -> None:
+    started, release = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    @tool(idempotent=True)
+    def slow(i: int) -> int:
+        calls.append(i)
+        started.set()
+        release.wait(5)
+        return i
+
+    @workflow
+    def wf(ctx: Context) -> int:
+        return int(ctx.call(slow, 1))
+
+    run_id = baton.start(wf)
+    worker = threading.Thread(target=baton.drive, args=(run_id,))
+    worker.start()
+    try:
+        assert started.wait(5)
+        assert baton.acquire(run_id) is None  # the same owner id, but already in hand here
+        # returns at once, runs nothing
+        assert baton.drive(run_id).status in (RunStatus.PENDING, RunStatus.RUNNING)
+    finally:
+        release.set()
+        worker.join(5)
+    assert baton.get_run(run_id).status is RunStatus.COMPLETED
+    assert calls == [1]
+
+
+def test_cancelling_a_run_whose_input_no_longer_fits_ends_it(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+
+    @workflow
+    def before(ctx: Context, n: int) -> int:
+        ctx.wait_for("go")
+        return n
+
+    @workflow
+    def after(ctx: Context, m: str) -> str:
+        ctx.wait_for("go")
+        return m
+
+    with Baton(settings) as b:
+        run_id = b.start(before, {"n": 1})
+        ref = b.get_run(run_id).workflow_ref
+        assert b.drive(run_id).status is RunStatus.WAITING
+    with Baton(settings) as b:
+        b.register(after, ref=ref)
+        b.signal(run_id, "go")
+        assert b.drive(run_id).status is RunStatus.NEEDS_ATTENTION
+        b.cancel(run_id)
+        done: list[RunRecord] = []
+        driver = threading.Thread(target=lambda: done.append(b.drive(run_id)), daemon=True)
+        driver.start()
+        driver.join(10)
+        assert done, "drive() did not return: cancelling kept looping"
+        record = done[0]
+    assert record.status is RunStatus.CANCELLED
+    assert record.outcome is not None and "compensations not run" in record.outcome
+
+
+def test_events_compare_by_data_however_they_were_built() -> None:
+    trusted = ev.StepCompleted.trusted(step_id=1, result={"a": 1})
+    validated = ev.StepCompleted(step_id=1, result={"a": 1})
+    assert trusted == validated and hash(trusted) == hash(validated)
+    trusted.encoded()
+    assert trusted == validated
+    copy = trusted.model_copy(update={"result": {"a": 2}})
+    assert copy.encoded() == '{"result":{"a":2},"step_id":1}'

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import secrets
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,16 @@ if TYPE_CHECKING:
     from .engine.worker import Worker
 
 log = logging.getLogger("baton")
+
+
+def json_text(value: Any, what: str) -> str:
+    """``value`` as canonical JSON, or a :class:`UsageError` saying why it cannot be stored."""
+    try:
+        text = canonical_json(value)
+        text.encode("utf-8")
+    except (TypeError, ValueError, RecursionError) as exc:  # UnicodeError is a ValueError
+        raise UsageError(f"{what} must be JSON text (no NaN, infinities or lone surrogates): {exc}") from None
+    return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +76,10 @@ class Baton:
         self.pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="baton-tool")
         self.leases = LeaseKeeper(self.store, self.settings, self.clock, self.owner)
         self._workflows: dict[str, Workflow] = {}
+        # Runs this process is executing. All its threads share one owner id, so the store
+        # alone cannot stop a second thread from taking a run the first one is running.
+        self._in_hand: set[str] = set()
+        self._in_hand_lock = threading.Lock()
 
     def close(self) -> None:
         self.leases.stop()
@@ -104,10 +119,8 @@ class Baton:
         else:
             wf, ref = workflow, self.register(workflow)
         _, input_json = wf.validate_input({**(input or {}), **kwargs})
-        try:
-            canonical_json(input_json)
-        except (TypeError, ValueError, RecursionError) as exc:
-            raise UsageError(f"input for workflow {wf.name} must be JSON (no NaN or infinities): {exc}") from None
+        json_text(input_json, f"input for workflow {wf.name}")
+        json_text([principal, tenant, run_id], "the principal, tenant and run id")
         now = self.clock.time()
         run_id = run_id or new_run_id(now)
         started = ev.RunStarted(workflow=wf.name, workflow_ref=ref, input=input_json,
@@ -126,7 +139,34 @@ class Baton:
     # -- driving --------------------------------------------------------------------
 
     def acquire(self, run_id: str) -> Claim | None:
-        """Take the lease on a run; ``None`` if a live worker holds it."""
+        """Take the lease on a run; ``None`` if a live worker (or this process) holds it.
+        The caller must :meth:`let_go` of a claim it got."""
+        with self._in_hand_lock:
+            if run_id in self._in_hand:
+                return None
+            self._in_hand.add(run_id)
+        try:
+            claim = self._acquire(run_id)
+        except BaseException:
+            self._drop(run_id)
+            raise
+        if claim is None:
+            self._drop(run_id)
+        return claim
+
+    def let_go(self, run_id: str) -> None:
+        """Release the lease taken by :meth:`acquire`, anchoring the run at its head."""
+        try:
+            self.leases.remove(run_id)
+            self.store.release(run_id, self.owner)
+        finally:
+            self._drop(run_id)
+
+    def _drop(self, run_id: str) -> None:
+        with self._in_hand_lock:
+            self._in_hand.discard(run_id)
+
+    def _acquire(self, run_id: str) -> Claim | None:
         record = self.get_run(run_id)
         now = self.clock.time()
         expected = None
@@ -159,8 +199,7 @@ class Baton:
                 return Outcome(claim.record.status)
             return self._execute(claim, listener)
         finally:
-            self.leases.remove(run_id)
-            self.store.release(run_id, self.owner)
+            self.let_go(run_id)
 
     def _execute(self, claim: Claim, listener: Listener | None) -> Outcome | None:
         record, previous = claim.record, claim.previous_owner
@@ -217,6 +256,11 @@ class Baton:
         try:
             values, _ = workflow.validate_input(dict(x.state.started.input))
         except UsageError as exc:
+            if x.cancel_requested:
+                x.append([ev.RunCancelled(reason=(
+                    "cancelled on request; compensations not run: the workflow no longer "
+                    f"accepts this run's input ({exc.message})"))])
+                return Outcome(RunStatus.CANCELLED)
             x.needs_attention(0, f"the workflow no longer accepts this run's input ({exc.message}); "
                                  "its signature changed since the run started")
         ctx = Context(x, is_async=workflow.is_async)
@@ -245,7 +289,8 @@ class Baton:
             record = self.get_run(run_id)
             if outcome is None or record.status.terminal:
                 return record
-            if record.head_seq == before and record.status in (RunStatus.PENDING, RunStatus.RUNNING):
+            if record.head_seq == before and not (
+                    record.status is RunStatus.SLEEPING and wait_for_timers):
                 return record  # nothing moved: executing again would change nothing
             if record.status is RunStatus.SLEEPING and wait_for_timers and record.wake_at:
                 delay = record.wake_at - self.clock.time()
@@ -272,10 +317,8 @@ class Baton:
         record = self.get_run(run_id)
         if record.status.terminal:
             raise UsageError(f"run {run_id} is {record.status.value}; it takes no more signals")
-        try:
-            encoded = canonical_json(data)
-        except (TypeError, ValueError, RecursionError) as exc:
-            raise UsageError(f"signal data must be JSON (no NaN or infinities): {exc}") from None
+        encoded = json_text(data, "signal data")
+        json_text(name, "the signal name")
         return self.store.send_signal(run_id, name, encoded, self.clock.time())
 
     def cancel(self, run_id: str) -> None:
@@ -311,14 +354,11 @@ class Baton:
         except StoreFailed as failed:
             raise failed.error from None
         finally:
-            self.store.release(run_id, self.owner)
+            self.let_go(run_id)
 
     def _check_resolved_result(self, workflow_ref: str, tool_name: str, result: Any) -> None:
         """A result given by hand must be one the workflow can read back."""
-        try:
-            canonical_json(result)
-        except (TypeError, ValueError, RecursionError) as exc:
-            raise UsageError(f"the result must be JSON (no NaN or infinities): {exc}") from None
+        json_text(result, "the result")
         try:
             module = sys.modules[self.workflow_for(workflow_ref).fn.__module__]
         except (BatonError, KeyError):

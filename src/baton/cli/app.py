@@ -219,7 +219,7 @@ def resolve(
 @runs_app.command("list")
 def runs_list(
     status: Annotated[RunStatus | None, typer.Option(help="Only runs with this status.")] = None,
-    limit: Annotated[int, typer.Option(min=1)] = 50,
+    limit: Annotated[int, typer.Option(min=1, max=100_000)] = 50,
     as_json: JsonOpt = False,
     db: DatabaseOpt = None,
 ) -> None:
@@ -321,4 +321,7 @@ def main() -> None:
         app()
     except BatonError as exc:
         err.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        sys.exit(1)
+    except UnicodeError:
+        err.print("[bold red]error:[/] arguments must be valid UTF-8 text", highlight=False)
         sys.exit(1)

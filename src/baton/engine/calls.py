@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Generator
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent import futures
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -134,6 +134,7 @@ class Calls:
             answer = tool.run_reconcile(values, key)
             result_json = tool.encode_result(answer.result) if answer.applied else None
             canonical_json({"result": result_json})
+            value = tool.decode_result(result_json) if answer.applied else None
         except Exception as exc:  # noqa: BLE001 - any failure of the hook needs a person
             x.needs_attention(rec.step_id, (
                 f"step {rec.step_id} ({tool.name}) is in doubt and its reconcile hook failed: "
@@ -141,7 +142,7 @@ class Calls:
             ))
         x.append([ev.StepReconciled(step_id=rec.step_id, applied=answer.applied, result=result_json)])
         if answer.applied:
-            return CallPlan(tool, rec.step_id, value=tool.decode_result(result_json))
+            return CallPlan(tool, rec.step_id, value=value)
         return CallPlan(tool, rec.step_id, run=True, values=values, args_json=rec.args,
                         attempt=rec.attempts + 1)
 
@@ -166,8 +167,9 @@ class Calls:
                     if not settled.run:
                         return settled.value
                 failure: Exception = exc
-            except Exception as exc:  # noqa: BLE001 - every tool failure is recorded
-                failure = exc
+            except (Exception, SystemExit) as exc:  # noqa: BLE001 - every tool failure is recorded
+                failure = exc if isinstance(exc, Exception) else RuntimeError(
+                    f"{tool.name} tried to exit the process (SystemExit {exc.code!r})")
             else:
                 return self.record_success(tool, start, value)
             delay = self.record_failure(tool, start, failure)
@@ -233,7 +235,7 @@ class Calls:
                     continue
                 try:
                     outcome = self.invoke_sync(plan.tool, request)
-                except Exception as exc:  # noqa: BLE001 - handed to the retry loop
+                except (Exception, SystemExit) as exc:  # noqa: BLE001 - handed to the retry loop
                     request = steps.throw(exc)
                 else:
                     request = steps.send(outcome)
@@ -255,7 +257,7 @@ class Calls:
                     continue
                 try:
                     outcome = await self.invoke_async(plan.tool, request)
-                except Exception as exc:  # noqa: BLE001 - handed to the retry loop
+                except (Exception, SystemExit) as exc:  # noqa: BLE001 - handed to the retry loop
                     request = steps.throw(exc)
                 else:
                     request = steps.send(outcome)
@@ -268,30 +270,36 @@ class Calls:
             return run_coroutine(self.invoke_async(tool, request))
         if tool.timeout is None:
             return tool.fn(**kwargs)
+        # Waiting and reading the outcome are separate, so that a TimeoutError the tool raises
+        # itself (a socket timeout, say) is its own failure, not Baton's timeout.
         future = self.x.pool.submit(tool.fn, **kwargs)
-        try:
-            return future.result(timeout=tool.timeout)
-        except FutureTimeout:
-            pass
+        if futures.wait([future], timeout=tool.timeout).done:
+            return future.result()
         if future.cancel():
             raise ToolTimeout(f"did not start within {tool.timeout}s", error_type="TimeoutError",
-                              state="not_started") from None
-        try:  # a grace period: a call that finishes now has a known outcome after all
-            return future.result(timeout=tool.timeout)
-        except FutureTimeout:
-            raise ToolTimeout(f"did not finish within {tool.timeout}s", error_type="TimeoutError",
-                              state="running") from None
+                              state="not_started")
+        # A grace period: a call that finishes now has a known outcome after all.
+        if futures.wait([future], timeout=tool.timeout).done:
+            return future.result()
+        raise ToolTimeout(f"did not finish within {tool.timeout}s", error_type="TimeoutError",
+                          state="running")
 
     async def invoke_async(self, tool: Tool[Any, Any], request: Invoke) -> Any:
         kwargs = {**request.values, "idempotency_key": request.key} if tool.wants_key else request.values
         if tool.is_async:
-            call = tool.fn(**kwargs)
+            task: asyncio.Future[Any] = asyncio.ensure_future(tool.fn(**kwargs))
         else:
-            call = asyncio.get_running_loop().run_in_executor(self.x.pool, lambda: tool.fn(**kwargs))
-        try:
-            return await asyncio.wait_for(call, tool.timeout)
-        except TimeoutError:
-            # An async call was cancelled: it is over, though it may have taken effect. A sync
-            # one in the thread pool cannot be cancelled and may still be running.
-            raise ToolTimeout(f"did not finish within {tool.timeout}s", error_type="TimeoutError",
-                              state="cancelled" if tool.is_async else "running") from None
+            task = asyncio.get_running_loop().run_in_executor(self.x.pool, lambda: tool.fn(**kwargs))
+        if tool.timeout is None:
+            await asyncio.wait({task})
+        else:
+            await asyncio.wait({task}, timeout=tool.timeout)
+        if task.done():
+            if task.cancelled():  # cancelled from inside the tool, not by us: a failure
+                raise RuntimeError(f"{tool.name} was cancelled")
+            return task.result()
+        task.cancel()
+        # An async call is cancelled: it is over, though it may have taken effect. A sync one
+        # in the thread pool cannot be cancelled and may still be running.
+        raise ToolTimeout(f"did not finish within {tool.timeout}s", error_type="TimeoutError",
+                          state="cancelled" if tool.is_async else "running")

@@ -60,7 +60,12 @@ class Worker:
 
     def _execute(self, run_id: str) -> object:
         before = self.baton.store.get_run(run_id)
-        outcome = self.baton.execute(run_id, self.listener)
+        try:
+            outcome = self.baton.execute(run_id, self.listener)
+        except BaseException:
+            if before is not None:  # do not spin on a run whose execution keeps raising
+                self._stalled[run_id] = before.head_seq
+            raise
         if outcome is not None:
             with self._lock:
                 self.executed += 1

@@ -7,6 +7,7 @@ Their ``type`` is the class name and is stored next to the data, not inside it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar, Literal, Self, get_args
 
 from pydantic import BaseModel, ConfigDict, JsonValue
@@ -68,6 +69,19 @@ class Event(BaseModel):
         if data is None:
             data = private["json"] = canonical_json(self.to_json())
         return data
+
+    def __eq__(self, other: object) -> bool:
+        # By type and data only: an event built by ``trusted`` (which caches its encoding)
+        # equals the same event validated or decoded.
+        return type(self) is type(other) and self.__dict__ == other.__dict__
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self.encoded()))
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        copy = super().model_copy(update=update, deep=deep)
+        object.__setattr__(copy, "__pydantic_private__", None)  # the cached encoding is stale
+        return copy
 
     @classmethod
     def trusted(cls, **fields: Any) -> Self:

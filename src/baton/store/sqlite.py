@@ -108,10 +108,11 @@ class SqliteStore:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
+                conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:  # also when COMMIT itself failed
+                    conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
         except sqlite3.IntegrityError:
             raise  # the caller knows what a violated constraint means
         except sqlite3.Error as exc:
@@ -228,10 +229,11 @@ class SqliteStore:
                         raise AppendConflict(
                             f"signal {signal_id} of run {run_id} is already consumed", run_id=run_id
                         )
+                conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:  # also when COMMIT itself failed
+                    conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
         except sqlite3.IntegrityError as exc:
             if self.get_run(run_id) is None:
                 raise AppendConflict(f"run {run_id} does not exist", run_id=run_id) from exc
