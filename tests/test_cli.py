@@ -136,3 +136,11 @@ def test_in_doubt_step_is_explained_and_resolved(tmp_path: Path) -> None:
     shown_json = json.loads(baton(tmp_path, "runs", "show", run_id, "--json").stdout)
     assert shown_json["outcome"] == {"ok": True}
     assert (tmp_path / "ledger.txt").read_text() == "charged 42.0\n"
+
+
+def test_embedded_example_runs(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "embedded.py"), str(tmp_path / "e.db")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.startswith("completed ")
+    assert "SignalReceived" in proc.stdout and "RunCompleted" in proc.stdout
