@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Generator
-from concurrent import futures
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -270,17 +269,16 @@ class Calls:
             return run_coroutine(self.invoke_async(tool, request))
         if tool.timeout is None:
             return tool.fn(**kwargs)
-        # Waiting and reading the outcome are separate, so that a TimeoutError the tool raises
-        # itself (a socket timeout, say) is its own failure, not Baton's timeout.
         future = self.x.pool.submit(tool.fn, **kwargs)
-        if futures.wait([future], timeout=tool.timeout).done:
-            return future.result()
-        if future.cancel():
-            raise ToolTimeout(f"did not start within {tool.timeout}s", error_type="TimeoutError",
-                              state="not_started")
-        # A grace period: a call that finishes now has a known outcome after all.
-        if futures.wait([future], timeout=tool.timeout).done:
-            return future.result()
+        for grace in (False, True):  # a call that finishes in a grace period has a known outcome
+            try:
+                return future.result(timeout=tool.timeout)
+            except TimeoutError:
+                if future.done():  # a TimeoutError of the tool's own (a socket's, say): its failure
+                    return future.result()
+            if not grace and future.cancel():
+                raise ToolTimeout(f"did not start within {tool.timeout}s", error_type="TimeoutError",
+                                  state="not_started")
         raise ToolTimeout(f"did not finish within {tool.timeout}s", error_type="TimeoutError",
                           state="running")
 
