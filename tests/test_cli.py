@@ -91,11 +91,13 @@ def test_audit_verify_names_the_tampered_event(tmp_path: Path) -> None:
     run_id = only_run_id(tmp_path)
     db = sqlite3.connect(tmp_path / "baton.db")
     with db:
-        db.execute("UPDATE events SET data = replace(data, '98765', '98766') WHERE run_id = ? AND seq = 3",
-                   (run_id,))
+        changed = db.execute(
+            "UPDATE events SET data = replace(data, '98765', '98766') WHERE run_id = ? AND seq = 2",
+            (run_id,)).rowcount
+    assert changed == 1
     proc = baton(tmp_path, "audit", "verify", check=False)
     assert proc.returncode == 1
-    assert f"run {run_id}, event 3" in proc.stderr
+    assert f"run {run_id}, event 2" in proc.stderr
 
 
 CRASHING = textwrap.dedent('''

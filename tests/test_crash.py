@@ -239,10 +239,10 @@ def check_run(baton: Baton, spec: RunSpec, service: Service) -> list[str]:
     events = baton.events(rid)
     if (bad := verify_chain(baton.journal(rid))) is not None:
         problems.append(f"{rid}: journal chain broken at seq {bad}")
-    completions = Counter(e.step_id for e in events if isinstance(e, ev.StepCompleted))
+    completions = Counter(e.step_id for e in events if isinstance(e, ev.StepCompleted | ev.StepRan))
     completions.update(e.step_id for e in events if isinstance(e, ev.StepReconciled) and e.applied)
     if completions != Counter(range(1, STEPS + 1)):
-        problems.append(f"{rid}: steps completed (StepCompleted or reconciled as applied) "
+        problems.append(f"{rid}: steps completed (StepCompleted, StepRan or reconciled as applied) "
                         f"{dict(sorted(completions.items()))}, expected each of 1..{STEPS} once")
     finished = [e for e in events if isinstance(e, ev.RunCompleted)]
     if len(finished) != 1:
@@ -457,7 +457,7 @@ def test_unreconcilable_call_killed_mid_call_needs_attention(tmp_path: Path) -> 
         assert record.outcome == reason
         started = [e for e in events if isinstance(e, ev.StepStarted) and e.step_id == 2]
         assert len(started) == 1 and not started[0].idempotent
-        assert not [e for e in events if isinstance(e, ev.StepCompleted | ev.StepReconciled)
+        assert not [e for e in events if isinstance(e, ev.StepCompleted | ev.StepRan | ev.StepReconciled)
                     and e.step_id == 2]
         assert sum(isinstance(e, ev.RunRecovered) for e in events) == 1
         assert verify_chain(baton.journal(run_id)) is None

@@ -58,6 +58,11 @@ EVENTS: dict[str, st.SearchStrategy[Event]] = {
         idempotency_key=st.text(), idempotent=st.booleans(),
     ),
     "StepCompleted": st.builds(ev.StepCompleted, step_id=step_ids, result=json_values),
+    "StepRan": st.builds(
+        ev.StepRan, step_id=step_ids, kind=st.sampled_from(["call", "sleep", "wait", "now", "uuid"]),
+        name=st.text(), args=json_objects, attempt=st.integers(min_value=1, max_value=1000),
+        idempotency_key=st.text(), result=json_values,
+    ),
     "StepFailed": st.builds(
         ev.StepFailed, step_id=step_ids, attempt=st.integers(min_value=1, max_value=1000),
         error=errors, final=st.booleans(), retry_in=st.none() | finite,

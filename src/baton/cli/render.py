@@ -59,6 +59,10 @@ class TimelineRenderer:
                     return None
                 return (f"[dim]… step {sid}[/] {escape(call_text(event.name, event.args))} "
                         f"[dim]intent recorded (attempt {event.attempt})[/]")
+            case ev.StepRan(step_id=sid):
+                self.names[sid], self.args[sid] = event.name, event.args
+                return (f"[green]✓ step {sid}[/] {escape(call_text(event.name, event.args))}"
+                        f" → {escape(short(event.result))}")
             case ev.StepCompleted(step_id=sid):
                 name = self.names.get(sid, "?")
                 return (f"[green]✓ step {sid}[/] {escape(call_text(name, self.args.get(sid, {})))}"

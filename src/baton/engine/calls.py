@@ -180,7 +180,13 @@ class Calls:
         x, step_id = self.x, start.step_id
         try:
             result_json = tool.encode_result(value)
-            done = ev.StepCompleted.trusted(step_id=step_id, result=result_json)
+            if tool.idempotent:
+                done: ev.Event = ev.StepRan.trusted(
+                    step_id=step_id, kind="call", name=tool.name, args=start.args,
+                    attempt=start.attempt, idempotency_key=start.idempotency_key, result=result_json,
+                )
+            else:
+                done = ev.StepCompleted.trusted(step_id=step_id, result=result_json)
             done.encoded()
         except Exception as exc:  # noqa: BLE001 - the call took effect; its result cannot be kept
             info = ev.ErrorInfo(type=type(exc).__name__, retryable=False, code="result_not_json",
@@ -188,7 +194,7 @@ class Calls:
             failed = ev.StepFailed(step_id=step_id, attempt=start.attempt, error=info, final=True)
             x.append([start, failed] if tool.idempotent else [failed])
             raise step_error(tool.name, info, x.run_id, step_id) from None
-        x.append([start, done] if tool.idempotent else [done])
+        x.append([done])  # idempotent: one event, one durable write for the whole step
         return tool.decode_result(result_json)
 
     def record_failure(self, tool: Tool[Any, Any], start: ev.StepStarted, exc: Exception) -> float:

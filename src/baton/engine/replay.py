@@ -38,7 +38,7 @@ class StepRecord:
 
 
 _PROGRESS = frozenset({
-    ev.StepCompleted, ev.StepFailed, ev.TimerFired, ev.SignalReceived,
+    ev.StepCompleted, ev.StepRan, ev.StepFailed, ev.TimerFired, ev.SignalReceived,
     ev.StepResolved, ev.ValueRecorded, ev.Compensated,
 })
 
@@ -76,6 +76,15 @@ class ReplayState:
         rec.idempotency_key = event.idempotency_key
         rec.attempts = event.attempt
         rec.in_flight = event.attempt > 0
+
+    def _ran(self, event: ev.StepRan) -> None:
+        rec = self.steps.get(event.step_id)
+        if rec is None:
+            rec = self.steps[event.step_id] = StepRecord(event.step_id, event.kind, event.name)
+        rec.args = event.args
+        rec.idempotency_key = event.idempotency_key
+        rec.attempts = event.attempt
+        rec.completed, rec.result, rec.in_flight = True, event.result, False
 
     def _completed(self, event: ev.StepCompleted) -> None:
         rec = self.steps[event.step_id]
@@ -128,6 +137,7 @@ _HANDLERS: dict[type[ev.Event], Callable[[ReplayState, Any], None]] = {
     ev.RunStarted: ReplayState._run_started,
     ev.StepStarted: ReplayState._started,
     ev.StepCompleted: ReplayState._completed,
+    ev.StepRan: ReplayState._ran,
     ev.StepFailed: ReplayState._failed,
     ev.StepReconciled: ReplayState._settled,
     ev.StepResolved: ReplayState._settled,

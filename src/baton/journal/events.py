@@ -156,6 +156,19 @@ class StepCompleted(Event):
     result: JsonValue
 
 
+class StepRan(Event):
+    """An idempotent call that ran and returned, in one event. Its intent needs no record of
+    its own: were it lost in a crash, the call would simply be made again with the same key."""
+
+    step_id: int
+    kind: StepKind
+    name: str
+    args: dict[str, JsonValue]
+    attempt: int = 1
+    idempotency_key: str
+    result: JsonValue
+
+
 class StepFailed(Event):
     """An attempt failed. ``final`` means no more attempts will be made."""
 

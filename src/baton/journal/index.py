@@ -31,7 +31,7 @@ class RunStatus(StrEnum):
 
 # Events that only say the run is moving: the common case, checked first.
 MOVING = frozenset({
-    ev.StepStarted, ev.StepCompleted, ev.StepFailed, ev.StepReconciled, ev.StepResolved,
+    ev.StepStarted, ev.StepCompleted, ev.StepRan, ev.StepFailed, ev.StepReconciled, ev.StepResolved,
     ev.ValueRecorded, ev.TimerFired, ev.Compensated,
 })
 # A takeover changes nothing about what the run is doing: a sleeping run stays asleep.
