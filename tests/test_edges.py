@@ -36,6 +36,7 @@ from baton import (
 )
 from baton.journal import events as ev
 from baton.store.base import Taken
+from baton.testing import FakeClock
 from engine_support import (
     CrashingStore,
     SimulatedCrash,
@@ -925,3 +926,46 @@ def test_events_compare_by_data_however_they_were_built() -> None:
     assert trusted == validated
     copy = trusted.model_copy(update={"result": {"a": 2}})
     assert copy.encoded() == '{"result":{"a":2},"step_id":1}'
+
+
+# -- 14. a retry's backoff is durable ---------------------------------------------------------
+
+
+def test_a_long_backoff_sleeps_durably_and_is_kept_after_a_restart(tmp_path: Path) -> None:
+    """A backoff longer than ``retry_wait`` frees the worker: the run sleeps until the next
+    attempt is due, and a runtime that resumes it early waits for what is left, no less."""
+    settings = make_settings(tmp_path, retry_wait=10.0)
+    clock = FakeClock()
+    calls: list[float] = []
+
+    @tool(idempotent=True, retries=2, backoff=40.0, max_backoff=40.0)
+    def carrier(parcel: str) -> str:
+        calls.append(clock.time())
+        if len(calls) == 1:
+            raise ConnectionError("carrier API unavailable")
+        return f"label-{parcel}"
+
+    @workflow
+    def ship(ctx: Context) -> str:
+        return str(ctx.call(carrier, "P1"))
+
+    with Baton(settings, clock=clock) as b:
+        record = b.run(ship)
+        (failed,) = of_type(b, record.run_id, ev.StepFailed)
+    assert record.status is RunStatus.SLEEPING and len(calls) == 1
+    assert failed.retry_in is not None and 20.0 <= failed.retry_in < 40.0
+    assert failed.retry_at == pytest.approx(calls[0] + failed.retry_in)
+    assert record.wake_at == failed.retry_at
+
+    clock.advance(failed.retry_in - 15.0)  # too early, and more than retry_wait to go
+    with Baton(settings, clock=clock) as b:
+        b.register(ship, ref=record.workflow_ref)
+        assert b.drive(record.run_id).status is RunStatus.SLEEPING
+    assert len(calls) == 1
+
+    clock.advance(10.0)  # 5 s to go: a runtime resuming it now waits them out, then retries
+    with Baton(settings, clock=clock) as b:
+        b.register(ship, ref=record.workflow_ref)
+        done = b.drive(record.run_id)
+    assert done.status is RunStatus.COMPLETED and done.outcome == '"label-P1"'
+    assert len(calls) == 2 and calls[1] == pytest.approx(failed.retry_at)

@@ -24,6 +24,8 @@ class Settings:
     ``lease_seconds``: how long a worker's claim on a run lasts without a heartbeat.
     ``max_recoveries``: takeovers of a run without progress before it is failed as a crash loop.
     ``short_sleep``: timers shorter than this are waited out in-process instead of suspending.
+    ``retry_wait``: retry backoffs up to this long are waited out by the worker; longer ones
+    suspend the run until the next attempt is due.
     """
 
     database_url: str = field(default_factory=lambda: f"sqlite:///{DEFAULT_DATABASE}")
@@ -32,10 +34,11 @@ class Settings:
     heartbeat_seconds: float = 2.0
     max_recoveries: int = 3
     short_sleep: float = 2.0
+    retry_wait: float = 30.0
     poll_seconds: float = 0.2
 
     def __post_init__(self) -> None:
-        for name in ("lease_seconds", "heartbeat_seconds", "short_sleep", "poll_seconds"):
+        for name in ("lease_seconds", "heartbeat_seconds", "short_sleep", "retry_wait", "poll_seconds"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise UsageError(f"{name} must be a finite number of seconds, not {value}")

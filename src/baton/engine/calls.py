@@ -17,7 +17,7 @@ from ..journal import canonical_json
 from ..journal import events as ev
 from ..tools import Tool
 from .replay import StepRecord
-from .stops import Abort
+from .stops import Abort, Suspend
 
 if TYPE_CHECKING:
     from .execution import Execution
@@ -58,6 +58,8 @@ class CallPlan:
     values: dict[str, Any] = field(default_factory=dict)
     args_json: dict[str, Any] = field(default_factory=dict)
     attempt: int = 1
+    wait_first: float = 0.0
+    """What is left of a backoff recorded before a restart."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,8 +97,11 @@ class Calls:
             values, _ = tool.validate(rec.args)
             if rec.in_flight and not tool.idempotent:
                 return self.settle_in_doubt(tool, rec, values)
+            wait = 0.0 if rec.retry_at is None else max(0.0, rec.retry_at - x.clock.time())
+            if wait > x.settings.retry_wait:
+                raise Suspend()  # resumed early (a takeover): the next attempt is not due yet
             return CallPlan(tool, step_id, run=True, values=values, args_json=rec.args,
-                            attempt=rec.attempts + 1)
+                            attempt=rec.attempts + 1, wait_first=wait)
         try:
             values, args_json = tool.validate(tool.bind(args, kwargs))
         except ToolValidationError as error:
@@ -150,6 +155,9 @@ class Calls:
     def attempts(self, plan: CallPlan) -> Attempts:
         x, tool, step_id = self.x, plan.tool, plan.step_id
         attempt = plan.attempt
+        if plan.wait_first > 0:
+            yield Wait(plan.wait_first)
+            x.before_new_work(step_id)
         while True:
             start = ev.StepStarted.trusted(
                 step_id=step_id, kind="call", name=tool.name, args=plan.args_json, attempt=attempt,
@@ -172,6 +180,8 @@ class Calls:
             else:
                 return self.record_success(tool, start, value)
             delay = self.record_failure(tool, start, failure)
+            if delay > x.settings.retry_wait:
+                raise Suspend()  # the run sleeps until the next attempt is due (see the index)
             yield Wait(delay)
             x.before_new_work(step_id)
             attempt += 1
@@ -206,7 +216,7 @@ class Calls:
         delay = tool.retry.delay(failures + 1) if retryable else None
         info = error_info(exc).model_copy(update={"retryable": retryable})
         failed = ev.StepFailed(step_id=step_id, attempt=start.attempt, error=info, final=not retryable,
-                               retry_in=delay)
+                               retry_in=delay, retry_at=None if delay is None else x.clock.time() + delay)
         x.append([start, failed] if tool.idempotent else [failed])
         if delay is None:
             raise step_error(tool.name, info, x.run_id, step_id)

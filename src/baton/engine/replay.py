@@ -30,6 +30,8 @@ class StepRecord:
     fire_at: float | None = None
     fired: bool = False
     timeout_at: float | None = None
+    retry_at: float | None = None
+    """After a failed attempt: when the next one is due."""
     compensated: bool = False
 
     @property
@@ -94,6 +96,7 @@ class ReplayState:
         rec = self.steps[event.step_id]
         rec.in_flight = False
         rec.failures += 1
+        rec.retry_at = None if event.final else event.retry_at
         if event.final:
             rec.error = event.error
 

@@ -170,13 +170,15 @@ class StepRan(Event):
 
 
 class StepFailed(Event):
-    """An attempt failed. ``final`` means no more attempts will be made."""
+    """An attempt failed. ``final`` means no more attempts will be made; otherwise the next
+    is due at ``retry_at`` (``retry_in`` seconds after this failure), whoever makes it."""
 
     step_id: int
     attempt: int
     error: ErrorInfo
     final: bool
     retry_in: float | None = None
+    retry_at: float | None = None
 
 
 class StepReconciled(Event):

@@ -31,7 +31,7 @@ class RunStatus(StrEnum):
 
 # Events that only say the run is moving: the common case, checked first.
 MOVING = frozenset({
-    ev.StepStarted, ev.StepCompleted, ev.StepRan, ev.StepFailed, ev.StepReconciled, ev.StepResolved,
+    ev.StepStarted, ev.StepCompleted, ev.StepRan, ev.StepReconciled, ev.StepResolved,
     ev.ValueRecorded, ev.TimerFired, ev.Compensated,
 })
 # A takeover changes nothing about what the run is doing: a sleeping run stays asleep.
@@ -63,6 +63,12 @@ class IndexUpdate:
                 self._set(RunStatus.RUNNING)
                 if signal_id is not None:
                     self.consumed_signals.append(signal_id)
+            case ev.StepFailed(final=False, retry_at=float() as retry_at):
+                # Waiting out a retry's backoff: due again at retry_at, even after a crash.
+                self._set(RunStatus.SLEEPING)
+                self.wake_at = retry_at
+            case ev.StepFailed():
+                self._set(RunStatus.RUNNING)
             case ev.TimerSet(fire_at=fire_at):
                 self._set(RunStatus.SLEEPING)
                 self.wake_at = fire_at
