@@ -21,8 +21,24 @@ from .render import TimelineRenderer, run_json, runs_table, status_text, timelin
 
 app = typer.Typer(
     name="baton", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-    help="Baton: durable, governed, auditable runs for AI agents.",
+    help="Baton: durable, crash-safe, auditable runs for AI agents.",
 )
+def _version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        print(f"baton {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Show the version and exit.")] = False,
+) -> None:
+    """Baton: durable, crash-safe, auditable runs for AI agents."""
+
+
 runs_app = typer.Typer(no_args_is_help=True, help="Inspect runs.")
 audit_app = typer.Typer(no_args_is_help=True, help="Prove the record was not edited.")
 db_app = typer.Typer(no_args_is_help=True, help="The database schema.")
