@@ -969,3 +969,25 @@ def test_a_long_backoff_sleeps_durably_and_is_kept_after_a_restart(tmp_path: Pat
         done = b.drive(record.run_id)
     assert done.status is RunStatus.COMPLETED and done.outcome == '"label-P1"'
     assert len(calls) == 2 and calls[1] == pytest.approx(failed.retry_at)
+
+
+def test_a_retry_in_progress_shows_the_run_running(clocked_baton: Baton) -> None:
+    seen: list[RunStatus] = []
+
+    @tool(idempotent=True, retries=1, backoff=1.0)
+    def flaky(i: int) -> int:
+        run = clocked_baton.store.list_runs(limit=1)[0]
+        seen.append(run.status)
+        if len(seen) == 1:
+            raise ConnectionError("try again")
+        return i
+
+    @workflow
+    def wf(ctx: Context) -> int:
+        return int(ctx.call(flaky, 7))
+
+    record = clocked_baton.run(wf)
+    assert record.status is RunStatus.COMPLETED and record.outcome == "7"
+    assert seen[1] is RunStatus.RUNNING  # not still "sleeping" from the backoff
+    types = [type(e).__name__ for e in clocked_baton.events(record.run_id)]
+    assert types == ["RunStarted", "StepStarted", "StepFailed", "StepRan", "RunCompleted"]

@@ -215,8 +215,11 @@ class Calls:
         retryable = tool.retry.is_retryable(exc) and failures < tool.retry.retries
         delay = tool.retry.delay(failures + 1) if retryable else None
         info = error_info(exc).model_copy(update={"retryable": retryable})
+        # A backoff the worker waits out itself keeps the run running; a longer one suspends
+        # it, and retry_at (which puts the run to sleep in the index) is what wakes it.
+        retry_at = x.clock.time() + delay if delay is not None and delay > x.settings.retry_wait else None
         failed = ev.StepFailed(step_id=step_id, attempt=start.attempt, error=info, final=not retryable,
-                               retry_in=delay, retry_at=None if delay is None else x.clock.time() + delay)
+                               retry_in=delay, retry_at=retry_at)
         x.append([start, failed] if tool.idempotent else [failed])
         if delay is None:
             raise step_error(tool.name, info, x.run_id, step_id)

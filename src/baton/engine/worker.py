@@ -91,7 +91,9 @@ class Worker:
 
     def _awaiting_takeover(self) -> bool:
         """Runs held by an owner we cannot see (another host) whose lease has not run out."""
+        now = self.baton.clock.time()
         return any(
             r.owner is not None and r.owner != self.baton.owner and owner_alive(r.owner) is None
+            and (r.lease_expires_at or 0) >= now
             for r in self.baton.store.owned_runs()
         )

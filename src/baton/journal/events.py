@@ -171,7 +171,8 @@ class StepRan(Event):
 
 class StepFailed(Event):
     """An attempt failed. ``final`` means no more attempts will be made; otherwise the next
-    is due at ``retry_at`` (``retry_in`` seconds after this failure), whoever makes it."""
+    comes ``retry_in`` seconds later. ``retry_at`` is set when that backoff is long enough to
+    suspend the run: the next attempt is due then, whoever makes it."""
 
     step_id: int
     attempt: int
