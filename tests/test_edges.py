@@ -29,6 +29,7 @@ from baton import (
     Settings,
     SqliteStore,
     StepError,
+    StoreError,
     ToolValidationError,
     UsageError,
     tool,
@@ -991,3 +992,19 @@ def test_a_retry_in_progress_shows_the_run_running(clocked_baton: Baton) -> None
     assert seen[1] is RunStatus.RUNNING  # not still "sleeping" from the backoff
     types = [type(e).__name__ for e in clocked_baton.events(record.run_id)]
     assert types == ["RunStarted", "StepStarted", "StepFailed", "StepRan", "RunCompleted"]
+
+
+def test_an_event_this_version_cannot_read_is_a_clear_error(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, database_url=f"sqlite:///{tmp_path}/baton.db")
+    with Baton(settings) as b:
+        run_id = b.start(edges_waits_for_go)
+        assert b.drive(run_id).status is RunStatus.WAITING
+    db = sqlite3.connect(tmp_path / "baton.db")
+    with db:  # as if a newer Baton had written an event type this one does not know
+        db.execute("UPDATE events SET type = 'StepTeleported' WHERE run_id = ? AND seq = 2", (run_id,))
+    with Baton(settings) as b, pytest.raises(StoreError, match=r"event 2 \(StepTeleported\) cannot be read"):
+        b.signal(run_id, "go")
+        b.drive(run_id)
+    proc = cli(tmp_path, "runs", "show", run_id)
+    assert proc.returncode == 1 and proc.stderr.startswith("error: run ")
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -6,6 +6,7 @@ import functools
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
+from ..errors import StoreError
 from .encoding import (
     CODEC,
     GENESIS_HASH,
@@ -80,7 +81,17 @@ def encode_batch(
 
 
 def decode(row: EncodedEvent) -> Event:
-    return event_class(row.type).model_validate_json(row.data)
+    """The typed event of a journal row. A row this version of Baton cannot read (written by
+    a newer version, or damaged) is a :class:`~baton.errors.StoreError` that says so."""
+    try:
+        return event_class(row.type).model_validate_json(row.data)
+    except ValueError as exc:  # an unknown type, or fields this version does not know
+        detail = str(exc).splitlines()[0]
+        raise StoreError(
+            f"run {row.run_id}, event {row.seq} ({row.type}) cannot be read by this version of Baton "
+            f"({detail}): it was written by a newer version, or damaged; `baton audit verify` tells which",
+            run_id=row.run_id,
+        ) from None
 
 
 def verify_chain(rows: Sequence[EncodedEvent], prev_hash: str = GENESIS_HASH) -> int | None:
