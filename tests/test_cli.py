@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -146,3 +148,42 @@ def test_embedded_example_runs(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.startswith("completed ")
     assert "SignalReceived" in proc.stdout and "RunCompleted" in proc.stdout
+
+
+SLOW = textwrap.dedent("""
+    import time
+    from baton import Context, tool, workflow
+
+    @tool(idempotent=True)
+    def slow(i: int) -> int:
+        time.sleep(0.5)
+        return i
+
+    @workflow
+    def steps(ctx: Context, n: int) -> int:
+        return sum(ctx.call(slow, i) for i in range(n))
+""")
+
+
+def test_sigterm_stops_a_worker_between_steps_and_another_finishes(tmp_path: Path) -> None:
+    script = tmp_path / "slow.py"
+    script.write_text(SLOW)
+    env = {**os.environ, "BATON_DATABASE_URL": f"sqlite:///{tmp_path}/baton.db"}
+    baton(tmp_path, "db", "upgrade")
+    code = (f"from baton import Baton; b = Baton(); print(b.start({str(script) + ':steps'!r}, {{'n': 10}}))")
+    run_id = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True,
+                            text=True, check=True).stdout.strip()
+    worker = subprocess.Popen([sys.executable, "-m", "baton", "worker", "--quiet"], env=env, cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0  # it finished the step under way, then left
+    shown = json.loads(baton(tmp_path, "runs", "show", run_id, "--json").stdout)
+    assert shown["owner"] is None and shown["status"] == "running"  # stopped between steps
+    done_before = sum(e["type"] == "StepRan" for e in shown["journal"])
+    assert 0 < done_before < 10
+    baton(tmp_path, "worker", "--until-idle", "--quiet")  # another worker carries on
+    shown = json.loads(baton(tmp_path, "runs", "show", run_id, "--json").stdout)
+    assert shown["status"] == "completed" and shown["outcome"] == 45
+    assert sum(e["type"] == "StepRan" for e in shown["journal"]) == 10  # none twice
+    assert not [e for e in shown["journal"] if e["type"] == "RunRecovered"]  # a clean hand-over

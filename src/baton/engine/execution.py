@@ -74,6 +74,7 @@ class Execution:
         self.cancel_requested = run.cancel_requested
         self.indexed_status = run.status
         self.lease_lost = False
+        self.stop_requested = False
         self.pending: list[ev.Event] = []
         self.position = 0
         self.tools: dict[int, Tool[Any, Any]] = {}
@@ -141,6 +142,8 @@ class Execution:
             raise Abort(self.abort)
         if self.lease_lost:
             raise Fenced()
+        if self.stop_requested:  # the worker is shutting down: leave the run for another
+            raise Suspend()
         if self.cancel_requested:
             raise RunCancelled("the run was cancelled", run_id=self.run_id, step_id=step_id)
 

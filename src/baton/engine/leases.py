@@ -42,6 +42,12 @@ class LeaseKeeper:
         with self._lock:
             self._held.pop(run_id, None)
 
+    def stop_all(self) -> None:
+        """Ask every execution in hand to stop at its next step (graceful shutdown)."""
+        with self._lock:
+            for execution in self._held.values():
+                execution.stop_requested = True
+
     def renew_now(self) -> None:
         with self._lock:
             held = dict(self._held)

@@ -34,8 +34,10 @@ class Worker:
         self._stalled: dict[str, int] = {}
 
     def stop(self) -> None:
-        """Finish the runs in hand (each to its next stopping point), take no new ones."""
+        """Take no new runs, and stop the ones in hand at their next step: the step under way
+        finishes and is recorded, and the run is left for another worker to continue."""
         self.stop_event.set()
+        self.baton.leases.stop_all()
 
     def run(self, *, until_idle: bool = False) -> int:
         """Work until :meth:`stop` (or, with ``until_idle``, until nothing is runnable and
