@@ -133,6 +133,7 @@ def test_in_doubt_step_is_explained_and_resolved(tmp_path: Path) -> None:
     shown = baton(tmp_path, "runs", "show", run_id)
     assert "needs_attention" in shown.stdout
     assert "step 1 (charge_card) was interrupted" in shown.stdout
+    assert f"baton resolve {run_id} 1 --applied --result JSON" in shown.stdout
     assert (tmp_path / "ledger.txt").read_text() == "charged 42.0\n"   # never re-run on a guess
     resolved = baton(tmp_path, "resolve", run_id, "1", "--applied", "--result", '{"ok": true}',
                      "--by", "bob", "--note", "card statement shows the charge")

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 
 from ..errors import BatonError, UsageError
-from ..journal import RunStatus
+from ..journal import RunStatus, decode
 from ..journal import events as ev
 from ..runtime import Baton
 from ..settings import Settings
@@ -266,11 +266,15 @@ def runs_show(run_id: str, as_json: JsonOpt = False, db: DatabaseOpt = None) -> 
             return
         out.print(f"[bold]{record.run_id}[/]  {record.workflow}  {status_text(record.status.value)}"
                   f"  [dim]{record.workflow_ref}[/]", highlight=False)
+        events = [(r.seq, r.at, decode(r)) for r in rows]
         if record.status is RunStatus.NEEDS_ATTENTION and record.outcome:
             out.print(f"[bold yellow]needs attention:[/] {record.outcome}", highlight=False)
-        from ..journal import decode
-
-        out.print(timeline_table([(r.seq, r.at, decode(r)) for r in rows]))
+            attention = [e for _, _, e in events if isinstance(e, ev.NeedsAttention)]
+            if attention and attention[-1].step_id > 0 and "resolve" in attention[-1].reason:
+                step = attention[-1].step_id
+                out.print(f"  settle it: [bold]baton resolve {record.run_id} {step} --applied --result JSON[/]"
+                          f"  or  [bold]baton resolve {record.run_id} {step} --not-applied[/]", highlight=False)
+        out.print(timeline_table(events))
 
 
 @audit_app.command("verify")
