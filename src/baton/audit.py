@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .journal import GENESIS_HASH
+from .journal import chain_break
 from .store import Store
 
 
@@ -40,19 +40,16 @@ def verify_run(store: Store, run_id: str) -> tuple[int, Problem | None]:
     """
     before = store.get_run(run_id)
     rows = store.read(run_id)
-    prev, expected = GENESIS_HASH, 1
-    hashes: dict[int, str] = {}
-    for row in rows:
-        if row.seq != expected:
+    broken = chain_break(rows)
+    if broken is not None:
+        expected, row = broken.expected_seq, broken.row
+        if broken.misplaced:
             what = "missing" if row.seq > expected else "out of order or duplicated"
             return len(rows), Problem(run_id, expected, f"event {expected} is {what}")
-        if row.hash != row.expected_hash(prev):
-            return len(rows), Problem(
-                run_id, row.seq,
-                f"{row.type} does not match its hash: the event or one before it was changed",
-            )
-        hashes[row.seq] = row.hash
-        prev, expected = row.hash, expected + 1
+        return len(rows), Problem(
+            run_id, row.seq, f"{row.type} does not match its hash: the event or one before it was changed",
+        )
+    # Unbroken, so rows[i] holds seq i + 1.
     last = rows[-1].seq if rows else 0
     if before is not None and before.anchor_seq > 0:
         if last < before.anchor_seq:
@@ -61,7 +58,7 @@ def verify_run(store: Store, run_id: str) -> tuple[int, Problem | None]:
                 f"the journal ends at event {last} but the run was anchored at event "
                 f"{before.anchor_seq}: events were removed from the end",
             )
-        if hashes.get(before.anchor_seq) != before.anchor_hash:
+        if rows[before.anchor_seq - 1].hash != before.anchor_hash:
             return len(rows), Problem(
                 run_id, before.anchor_seq,
                 f"event {before.anchor_seq} is not the one the run was anchored at: the journal was rewritten",

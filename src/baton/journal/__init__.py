@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from ..errors import StoreError
@@ -94,12 +95,32 @@ def decode(row: EncodedEvent) -> Event:
         ) from None
 
 
-def verify_chain(rows: Sequence[EncodedEvent], prev_hash: str = GENESIS_HASH) -> int | None:
-    """Return the ``seq`` of the first row whose hash or position is wrong, or ``None``."""
+@dataclass(frozen=True, slots=True)
+class ChainBreak:
+    """Where a journal stops being the chain it claims to be."""
+
+    row: EncodedEvent
+    expected_seq: int
+    misplaced: bool
+    """The row is not at the position it should be (missing, duplicated, out of order);
+    otherwise its hash does not match its content and its predecessor."""
+
+
+def chain_break(rows: Sequence[EncodedEvent], prev_hash: str = GENESIS_HASH) -> ChainBreak | None:
+    """The first row whose position or hash is wrong, or ``None``. From the genesis hash the
+    chain must start at ``seq`` 1; after a given ``prev_hash``, at the first row's ``seq``."""
     expected_seq = rows[0].seq if rows and prev_hash != GENESIS_HASH else 1
     for row in rows:
-        if row.seq != expected_seq or row.hash != row.expected_hash(prev_hash):
-            return row.seq
+        if row.seq != expected_seq:
+            return ChainBreak(row, expected_seq, misplaced=True)
+        if row.hash != row.expected_hash(prev_hash):
+            return ChainBreak(row, expected_seq, misplaced=False)
         prev_hash = row.hash
         expected_seq += 1
     return None
+
+
+def verify_chain(rows: Sequence[EncodedEvent], prev_hash: str = GENESIS_HASH) -> int | None:
+    """Return the ``seq`` of the first row whose hash or position is wrong, or ``None``."""
+    found = chain_break(rows, prev_hash)
+    return None if found is None else found.row.seq
