@@ -70,22 +70,21 @@ class ReplayState:
         elif type(event) is ev.RunRecovered:
             self.recoveries_since_progress += 1
 
-    def _started(self, event: ev.StepStarted) -> None:
+    def _attempt(self, event: ev.StepCall) -> StepRecord:
+        """The step an attempt belongs to, updated with what the attempt says."""
         rec = self.steps.get(event.step_id)
         if rec is None:
             rec = self.steps[event.step_id] = StepRecord(event.step_id, event.kind, event.name)
         rec.args = event.args
         rec.idempotency_key = event.idempotency_key
         rec.attempts = event.attempt
-        rec.in_flight = event.attempt > 0
+        return rec
+
+    def _started(self, event: ev.StepStarted) -> None:
+        self._attempt(event).in_flight = event.attempt > 0
 
     def _ran(self, event: ev.StepRan) -> None:
-        rec = self.steps.get(event.step_id)
-        if rec is None:
-            rec = self.steps[event.step_id] = StepRecord(event.step_id, event.kind, event.name)
-        rec.args = event.args
-        rec.idempotency_key = event.idempotency_key
-        rec.attempts = event.attempt
+        rec = self._attempt(event)
         rec.completed, rec.result, rec.in_flight = True, event.result, False
 
     def _completed(self, event: ev.StepCompleted) -> None:

@@ -28,6 +28,10 @@ class ErrorInfo(BaseModel):
     code: str | None = None
 
 
+# Bases that only share fields between events; never stored themselves.
+_SHARED_FIELDS = frozenset({"StepCall"})
+
+
 def _holds_model(annotation: Any) -> bool:
     """Does a field's type contain a nested model (whose ``__dict__`` is not JSON)?"""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
@@ -46,7 +50,8 @@ class Event(BaseModel):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls.type_name = cls.__name__
-        Event.registry[cls.__name__] = cls
+        if cls.__name__ not in _SHARED_FIELDS:
+            Event.registry[cls.__name__] = cls
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
@@ -139,8 +144,9 @@ class NeedsAttention(Event):
 # -- steps -----------------------------------------------------------------------------
 
 
-class StepStarted(Event):
-    """A step's intent. For a non-idempotent tool it is durable before the call is made."""
+class StepCall(Event):
+    """What every attempt of a tool call records: which call, with what, under which key.
+    Not an event of its own."""
 
     step_id: int
     kind: StepKind
@@ -148,6 +154,11 @@ class StepStarted(Event):
     args: dict[str, JsonValue]
     attempt: int = 1
     idempotency_key: str
+
+
+class StepStarted(StepCall):
+    """A step's intent. For a non-idempotent tool it is durable before the call is made."""
+
     idempotent: bool
 
 
@@ -156,16 +167,10 @@ class StepCompleted(Event):
     result: JsonValue
 
 
-class StepRan(Event):
+class StepRan(StepCall):
     """An idempotent call that ran and returned, in one event. Its intent needs no record of
     its own: were it lost in a crash, the call would simply be made again with the same key."""
 
-    step_id: int
-    kind: StepKind
-    name: str
-    args: dict[str, JsonValue]
-    attempt: int = 1
-    idempotency_key: str
     result: JsonValue
 
 
