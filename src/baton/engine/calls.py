@@ -61,6 +61,12 @@ class CallPlan:
     wait_first: float = 0.0
     """What is left of a backoff recorded before a restart."""
 
+    def recorded(self) -> Any:
+        """The outcome of a call that needs no attempt: its value, or its failure raised."""
+        if self.error is not None:
+            raise self.error
+        return self.value
+
 
 @dataclass(frozen=True, slots=True)
 class Invoke:
@@ -240,9 +246,7 @@ class Calls:
 
     def run_sync(self, plan: CallPlan) -> Any:
         if not plan.run:
-            if plan.error is not None:
-                raise plan.error
-            return plan.value
+            return plan.recorded()
         steps = self.attempts(plan)
         request = next(steps)
         while True:
@@ -262,9 +266,7 @@ class Calls:
 
     async def run_async(self, plan: CallPlan) -> Any:
         if not plan.run:
-            if plan.error is not None:
-                raise plan.error
-            return plan.value
+            return plan.recorded()
         steps = self.attempts(plan)
         request = next(steps)
         while True:

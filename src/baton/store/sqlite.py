@@ -206,7 +206,7 @@ class SqliteStore:
         try:
             if update.status is None and not update.consumed_signals and len(rows) <= _MAX_ROWS:
                 # The common case, a step of a running run: one statement is one transaction.
-                conn.execute(_insert_sql(len(rows)), [v for r in rows for v in r])
+                self._insert(conn, rows)
                 return
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -246,10 +246,10 @@ class SqliteStore:
 
     @staticmethod
     def _insert(conn: sqlite3.Connection, rows: Sequence[EncodedEvent]) -> None:
-        conn.executemany(
-            "INSERT INTO events (run_id, seq, type, at, data, hash) VALUES (?, ?, ?, ?, ?, ?)",
-            [(r.run_id, r.seq, r.type, r.at, r.data, r.hash) for r in rows],
-        )
+        """Insert journal rows, up to ``_MAX_ROWS`` per statement (a statement is atomic)."""
+        for start in range(0, len(rows), _MAX_ROWS):
+            chunk = rows[start : start + _MAX_ROWS]
+            conn.execute(_insert_sql(len(chunk)), [v for row in chunk for v in row])
 
     def read(self, run_id: str, after_seq: int = 0) -> list[EncodedEvent]:
         rows = self._query(
