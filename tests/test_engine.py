@@ -29,6 +29,7 @@ from baton import (
     StoreError,
     ToolTimeout,
     ToolValidationError,
+    Workflow,
     tool,
     workflow,
 )
@@ -876,6 +877,24 @@ def test_an_in_doubt_step_is_reconciled(tmp_path: Path, applied: bool, is_async:
 # -- crash loops and fencing ---------------------------------------------------------
 
 
+def crash_repeatedly(tmp_path: Path, settings: Settings, wf: Workflow, victim: list[Any], times: int) -> str:
+    """Start ``wf`` and let a fresh runtime crash on it ``times`` times (each one's store is
+    appended to ``victim`` for the workflow's tools to kill). Returns the run id."""
+    run_id = ""
+    for attempt in range(times):
+        b, store = crashing_baton(settings)
+        victim.append(store)
+        if attempt == 0:
+            run_id = b.start(wf)
+        else:
+            b.register(wf, ref=b.get_run(run_id).workflow_ref)
+        with pytest.raises(SimulatedCrash):
+            b.drive(run_id)
+        b.close()
+        expire_lease(db_path(tmp_path), run_id)
+    return run_id
+
+
 def test_a_run_that_keeps_killing_its_worker_fails_as_a_crash_loop(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, max_recoveries=3)
     victim: list[Any] = []
@@ -891,18 +910,7 @@ def test_a_run_that_keeps_killing_its_worker_fails_as_a_crash_loop(tmp_path: Pat
     def wf(ctx: Context) -> None:
         ctx.call(poison)
 
-    run_id = ""
-    for attempt in range(settings.max_recoveries + 1):
-        b, store = crashing_baton(settings)
-        victim.append(store)
-        if attempt == 0:
-            run_id = b.start(wf)
-        else:
-            b.register(wf, ref=b.get_run(run_id).workflow_ref)
-        with pytest.raises(SimulatedCrash):
-            b.drive(run_id)
-        b.close()
-        expire_lease(db_path(tmp_path), run_id)
+    run_id = crash_repeatedly(tmp_path, settings, wf, victim, settings.max_recoveries + 1)
     with Baton(settings) as b:
         b.register(wf, ref=b.get_run(run_id).workflow_ref)
         record = b.drive(run_id)
@@ -930,18 +938,7 @@ def test_a_crash_loop_counter_resets_when_the_run_makes_progress(tmp_path: Path)
     def wf(ctx: Context) -> list[str]:
         return [ctx.call(shaky, s) for s in ("a", "b", "c")]
 
-    run_id = ""
-    for attempt in range(3):
-        b, store = crashing_baton(settings)
-        victim.append(store)
-        if attempt == 0:
-            run_id = b.start(wf)
-        else:
-            b.register(wf, ref=b.get_run(run_id).workflow_ref)
-        with pytest.raises(SimulatedCrash):
-            b.drive(run_id)
-        b.close()
-        expire_lease(db_path(tmp_path), run_id)
+    run_id = crash_repeatedly(tmp_path, settings, wf, victim, 3)
     with Baton(settings) as b:
         b.register(wf, ref=b.get_run(run_id).workflow_ref)
         record = b.drive(run_id)
