@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import secrets
 import sys
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -76,10 +75,6 @@ class Baton:
         self.pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="baton-tool")
         self.leases = LeaseKeeper(self.store, self.settings, self.clock, self.owner)
         self._workflows: dict[str, Workflow] = {}
-        # Runs this process is executing. All its threads share one owner id, so the store
-        # alone cannot stop a second thread from taking a run the first one is running.
-        self._in_hand: set[str] = set()
-        self._in_hand_lock = threading.Lock()
 
     def close(self) -> None:
         self.leases.stop()
@@ -141,30 +136,23 @@ class Baton:
     def acquire(self, run_id: str) -> Claim | None:
         """Take the lease on a run; ``None`` if a live worker (or this process) holds it.
         The caller must :meth:`let_go` of a claim it got."""
-        with self._in_hand_lock:
-            if run_id in self._in_hand:
-                return None
-            self._in_hand.add(run_id)
+        if not self.leases.reserve(run_id):
+            return None
         try:
             claim = self._acquire(run_id)
         except BaseException:
-            self._drop(run_id)
+            self.leases.remove(run_id)
             raise
         if claim is None:
-            self._drop(run_id)
+            self.leases.remove(run_id)
         return claim
 
     def let_go(self, run_id: str) -> None:
         """Release the lease taken by :meth:`acquire`, anchoring the run at its head."""
         try:
-            self.leases.remove(run_id)
             self.store.release(run_id, self.owner)
         finally:
-            self._drop(run_id)
-
-    def _drop(self, run_id: str) -> None:
-        with self._in_hand_lock:
-            self._in_hand.discard(run_id)
+            self.leases.remove(run_id)
 
     def _acquire(self, run_id: str) -> Claim | None:
         record = self.get_run(run_id)

@@ -25,11 +25,22 @@ class LeaseKeeper:
         self.settings = settings
         self.clock = clock
         self.owner = owner
+        # Runs this process has in hand, from claim to release. All its threads share one
+        # owner id, so the store alone cannot stop a second thread taking a run a first runs.
+        self._reserved: set[str] = set()
         self._held: dict[str, Execution] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._stopped = False
+
+    def reserve(self, run_id: str) -> bool:
+        """Mark a run as in hand here; ``False`` if it already is."""
+        with self._lock:
+            if run_id in self._reserved:
+                return False
+            self._reserved.add(run_id)
+            return True
 
     def add(self, execution: Execution) -> None:
         with self._lock:
@@ -39,8 +50,10 @@ class LeaseKeeper:
                 self._thread.start()
 
     def remove(self, run_id: str) -> None:
+        """The run is no longer in hand here: stop renewing it, release the reservation."""
         with self._lock:
             self._held.pop(run_id, None)
+            self._reserved.discard(run_id)
 
     def stop_all(self) -> None:
         """Ask every execution in hand to stop at its next step (graceful shutdown)."""
