@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,6 +13,8 @@ from .encoding import (
     EncodedEvent,
     canonical_json,
     chain_hash,
+    envelope_json,
+    envelope_parts,
 )
 from .events import Event, event_class
 from .index import IndexUpdate, RunStatus, index_update
@@ -50,11 +51,6 @@ def format_time(epoch_seconds: float) -> str:
     return f"{prefix}.{micros:06d}Z"
 
 
-@functools.lru_cache(maxsize=4096)
-def _json_string(text: str) -> str:
-    return canonical_json(text)
-
-
 def encode_batch(
     run_id: str,
     head_seq: int,
@@ -64,18 +60,14 @@ def encode_batch(
 ) -> list[EncodedEvent]:
     """Give ``events`` the sequence numbers after ``head_seq`` and chain their hashes."""
     stamp = format_time(at)
-    # The envelope's fields other than data and seq are the same for the whole batch. The
-    # timestamp's characters (digits, "-:.TZ") need no escaping.
-    head = '{"at":"' + stamp + '","data":'
-    middle = ',"run_id":' + _json_string(run_id) + ',"seq":'
+    parts = envelope_parts(run_id, stamp)
     rows: list[EncodedEvent] = []
     seq, prev = head_seq, head_hash
     for event in events:
         seq += 1
         data = event.encoded()
         type_name = event.type_name
-        envelope = f'{head}{data}{middle}{seq},"type":"{type_name}"}}'
-        digest = chain_hash(prev, envelope)
+        digest = chain_hash(prev, envelope_json(run_id, seq, type_name, stamp, data, parts))
         rows.append(EncodedEvent(run_id, seq, type_name, stamp, data, digest))
         prev = digest
     return rows

@@ -15,6 +15,7 @@ previous event's hash as 64 lowercase hex characters (64 zeros before ``seq`` 1)
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from typing import Any, NamedTuple
@@ -66,20 +67,27 @@ def canonical_json(value: Any) -> str:
     return _encoder.encode(value)
 
 
-def envelope_json(run_id: str, seq: int, type_: str, at: str, data_json: str) -> str:
+@functools.lru_cache(maxsize=4096)
+def json_string(text: str) -> str:
+    """A string as canonical JSON; cached, as run ids and type names recur on every event."""
+    return _encoder.encode(text)
+
+
+def envelope_parts(run_id: str, at: str) -> tuple[str, str]:
+    """The envelope around ``data`` and ``seq``, the same for every event of one append."""
+    return '{"at":' + json_string(at) + ',"data":', ',"run_id":' + json_string(run_id) + ',"seq":'
+
+
+def envelope_json(run_id: str, seq: int, type_: str, at: str, data_json: str,
+                  parts: tuple[str, str] | None = None) -> str:
     """The canonical JSON of a stored event, assembled from its already-canonical ``data``.
 
     Equivalent to ``canonical_json({"at": at, "data": data, "run_id": run_id, "seq": seq,
     "type": type_})`` (a property test pins this), without encoding ``data`` twice.
+    ``parts`` are :func:`envelope_parts` computed once for a batch.
     """
-    return (
-        '{"at":' + _encoder.encode(at)
-        + ',"data":' + data_json
-        + ',"run_id":' + _encoder.encode(run_id)
-        + ',"seq":' + str(seq)
-        + ',"type":' + _encoder.encode(type_)
-        + "}"
-    )
+    head, middle = parts or envelope_parts(run_id, at)
+    return f"{head}{data_json}{middle}{seq},\"type\":{json_string(type_)}}}"
 
 
 def chain_hash(prev_hash: str, envelope: str) -> str:
