@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from ..engine.execution import Listener
 from ..errors import BatonError, UsageError
 from ..journal import RunStatus, decode
 from ..journal import events as ev
@@ -89,14 +90,18 @@ def _parse_json(text: str | None, what: str) -> Any:
         raise UsageError(f"{what} is not valid JSON ({exc})") from None
 
 
-def _progress_printer() -> Any:
-    renderer = TimelineRenderer()
+def _progress_printer(*, tagged: bool = False) -> Listener:
+    """Live progress: one timeline line per event; ``tagged`` prefixes each with its run
+    (a worker has several runs in hand)."""
+    renderers: dict[str, TimelineRenderer] = {}
 
     def listener(run_id: str, events: list[ev.Event]) -> None:
+        renderer = renderers.setdefault(run_id, TimelineRenderer())
+        prefix = f"[dim]{run_id[-8:]}[/] " if tagged else "  "
         for event in events:
             text = renderer.line(event)
             if text is not None:
-                out.print(f"  {text}", highlight=False)
+                out.print(prefix + text, highlight=False)
 
     return listener
 
@@ -151,7 +156,7 @@ def worker(
 ) -> None:
     """Execute runnable runs, and take over runs whose worker died."""
     with _baton(db) as baton:
-        w = baton.worker(concurrency=concurrency, listener=None if quiet else _tagged_printer())
+        w = baton.worker(concurrency=concurrency, listener=None if quiet else _progress_printer(tagged=True))
         signals.signal(signals.SIGTERM, lambda *_: w.stop())
         if not quiet:
             err.print(f"worker {baton.owner} ({baton.settings.database_url}), concurrency {concurrency}")
@@ -162,19 +167,6 @@ def worker(
             count = w.executed
         if not quiet:
             err.print(f"worker done: {count} executions")
-
-
-def _tagged_printer() -> Any:
-    renderers: dict[str, TimelineRenderer] = {}
-
-    def listener(run_id: str, events: list[ev.Event]) -> None:
-        renderer = renderers.setdefault(run_id, TimelineRenderer())
-        for event in events:
-            text = renderer.line(event)
-            if text is not None:
-                out.print(f"[dim]{run_id[-8:]}[/] {text}", highlight=False)
-
-    return listener
 
 
 @app.command()
