@@ -199,8 +199,7 @@ class Baton:
         except BatonError as exc:
             load_error = exc.message
         x = Execution(store=self.store, settings=self.settings, clock=self.clock, pool=self.pool,
-                      run=record, workflow=workflow or Workflow(lambda ctx: None, record.workflow),
-                      events=events, owner=self.owner, listener=listener)
+                      run=record, events=events, listener=listener)
         self.leases.add(x)
         try:
             if previous is not None:
@@ -329,8 +328,7 @@ class Baton:
         try:
             events = [decode(r) for r in self.store.read(run_id)]
             x = Execution(store=self.store, settings=self.settings, clock=self.clock,
-                          pool=self.pool, run=record, workflow=Workflow(lambda ctx: None, "resolve"),
-                          events=events, owner=self.owner)
+                          pool=self.pool, run=record, events=events)
             rec = x.state.steps.get(step_id)
             if record.status is not RunStatus.NEEDS_ATTENTION or rec is None or not rec.in_flight:
                 raise UsageError(f"step {step_id} of run {run_id} is not in doubt")

@@ -23,7 +23,6 @@ from ..journal.index import MOVING
 from ..settings import Settings
 from ..store import RunRecord, Store
 from ..tools import Tool
-from ..workflows import Workflow
 from .calls import Calls, error_info, idempotency_key
 from .replay import ReplayState, StepRecord
 from .stops import Abort, Fenced, StoreFailed, Suspend
@@ -55,9 +54,7 @@ class Execution:
         clock: Clock,
         pool: ThreadPoolExecutor,
         run: RunRecord,
-        workflow: Workflow,
         events: list[ev.Event],
-        owner: str,
         listener: Listener | None = None,
     ) -> None:
         self.store = store
@@ -65,8 +62,6 @@ class Execution:
         self.clock = clock
         self.pool = pool
         self.run_id = run.run_id
-        self.workflow = workflow
-        self.owner = owner
         self.listener = listener
         self.state = ReplayState.fold(events)
         self.head_seq = run.head_seq
