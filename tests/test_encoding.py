@@ -40,10 +40,12 @@ errors = st.builds(
     ev.ErrorInfo, type=st.text(), message=st.text(), retryable=st.booleans(), code=optional_text
 )
 
+effects = st.sampled_from(["allow", "deny", "approval"])
+
 EVENTS: dict[str, st.SearchStrategy[Event]] = {
     "RunStarted": st.builds(
         ev.RunStarted, workflow=st.text(), workflow_ref=st.text(), input=json_objects,
-        principal=optional_text, tenant=optional_text,
+        principal=optional_text, tenant=optional_text, limits=st.none() | json_objects,
     ),
     "RunRecovered": st.builds(
         ev.RunRecovered, worker=st.text(), previous_owner=optional_text, reason=st.text()
@@ -55,13 +57,13 @@ EVENTS: dict[str, st.SearchStrategy[Event]] = {
     "StepStarted": st.builds(
         ev.StepStarted, step_id=step_ids, kind=st.sampled_from(["call", "sleep", "wait", "now", "uuid"]),
         name=st.text(), args=json_objects, attempt=st.integers(min_value=1, max_value=1000),
-        idempotency_key=st.text(), idempotent=st.booleans(),
+        idempotency_key=st.text(), idempotent=st.booleans(), role=optional_text,
     ),
     "StepCompleted": st.builds(ev.StepCompleted, step_id=step_ids, result=json_values),
     "StepRan": st.builds(
         ev.StepRan, step_id=step_ids, kind=st.sampled_from(["call", "sleep", "wait", "now", "uuid"]),
         name=st.text(), args=json_objects, attempt=st.integers(min_value=1, max_value=1000),
-        idempotency_key=st.text(), result=json_values,
+        idempotency_key=st.text(), role=optional_text, result=json_values,
     ),
     "StepFailed": st.builds(
         ev.StepFailed, step_id=step_ids, attempt=st.integers(min_value=1, max_value=1000),
@@ -89,6 +91,32 @@ EVENTS: dict[str, st.SearchStrategy[Event]] = {
     "Compensated": st.builds(
         ev.Compensated, step_id=step_ids, name=st.text(), ok=st.booleans(), error=st.none() | errors
     ),
+    "PolicyDecided": st.builds(
+        ev.PolicyDecided, step_id=step_ids, tool=st.text(), args=json_objects, principal=optional_text,
+        role=optional_text, action=st.text(), resource=st.text(), effect=effects,
+        policies=st.lists(st.text(), max_size=3), errors=st.lists(st.text(), max_size=2),
+        shadow_effect=st.none() | effects, shadow_policies=st.lists(st.text(), max_size=3),
+    ),
+    "ApprovalRequested": st.builds(
+        ev.ApprovalRequested, step_id=step_ids, approval_id=st.text(), title=st.text(), tool=optional_text,
+        args=json_objects, args_hash=st.text(), policies=st.lists(st.text(), max_size=3), evidence=json_values,
+        requester=optional_text, tenant=optional_text, approvers=st.lists(st.text(), max_size=3),
+        expires_at=finite, expires_after=finite, escalate_to=st.lists(st.text(), max_size=2),
+    ),
+    "ApprovalGranted": st.builds(
+        ev.ApprovalGranted, step_id=step_ids, approval_id=st.text(), by=st.text(), reason=st.text()
+    ),
+    "ApprovalDenied": st.builds(
+        ev.ApprovalDenied, step_id=step_ids, approval_id=st.text(), by=optional_text, reason=st.text()
+    ),
+    "ApprovalEscalated": st.builds(
+        ev.ApprovalEscalated, step_id=step_ids, approval_id=st.text(), approvers=st.lists(st.text(), max_size=3),
+        expires_at=finite,
+    ),
+    "ApprovalWithdrawn": st.builds(
+        ev.ApprovalWithdrawn, step_id=step_ids, approval_id=st.text(), reason=st.text()
+    ),
+    "ApprovalConsumed": st.builds(ev.ApprovalConsumed, step_id=step_ids, approval_id=st.text()),
 }
 any_event = st.one_of(*EVENTS.values())
 run_ids = st.text(min_size=1, max_size=30)

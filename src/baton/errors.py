@@ -6,13 +6,18 @@ concern) so that the CLI and API can map them to one-line messages without parsi
     BatonError
     ├── UsageError              bad input from a person: a flag, a file, a JSON value
     │   ├── WorkflowNotFound
-    │   └── RunNotFound
+    │   ├── RunNotFound
+    │   └── PolicyError         a policy or config file does not parse or validate
     ├── StoreError              the database refused or is unusable
     │   ├── AppendConflict      another writer appended first: this writer is stale (fencing)
     │   └── MigrationError
     ├── StepError               a step failed for good; raised inside the workflow, catchable
     │   ├── ToolValidationError arguments did not match the tool's signature
-    │   └── ToolTimeout
+    │   ├── ToolTimeout
+    │   └── PolicyDenied        policy forbids the step
+    │       └── ApprovalDenied  a person (or the expiry of the request) said no
+    ├── ApprovalError           an approval decision that cannot be taken (self-approval, ...)
+    ├── BudgetExceeded          the run reached one of its limits; it fails before the step
     ├── NonDeterminismError     the workflow asked for a different step than the journal holds
     └── RunCancelled            raised inside a workflow whose run is being cancelled
 """
@@ -122,6 +127,43 @@ class ToolTimeout(StepError):
     def __init__(self, message: str, *, state: str = "", **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
         self.state = state
+
+
+class PolicyError(UsageError):
+    """A policy, schema or config file is wrong; the message names the file and line."""
+
+    code = "policy_error"
+
+
+class PolicyDenied(StepError):
+    """Policy forbids this step. Raised at the ``ctx.call``; the run fails unless the
+    workflow catches it. ``policies`` are the ids of the policies that decided."""
+
+    code = "policy_denied"
+
+    def __init__(self, message: str, *, policies: tuple[str, ...] = (), **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.policies = policies
+
+
+class ApprovalDenied(PolicyDenied):
+    """The step needed an approval and it was denied, or the request expired."""
+
+    code = "approval_denied"
+
+
+class ApprovalError(BatonError):
+    """An approval decision that cannot be taken: the message says why (self-approval, a
+    principal not allowed to approve, an expired or already decided request)."""
+
+    code = "approval_error"
+
+
+class BudgetExceeded(BatonError):
+    """The run reached one of its limits (steps, lifetime, spend, tokens) and stops before
+    the step that would exceed it."""
+
+    code = "budget_exceeded"
 
 
 class NonDeterminismError(BatonError):

@@ -11,14 +11,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .aio import run_blocking, run_coroutine
+from .approvals import ApprovalRecord
+from .approvals.decisions import decide
+from .budgets import Limits
 from .clock import Clock, SystemClock
+from .config import Governance
 from .engine.calls import error_info
 from .engine.context import Context
 from .engine.execution import Execution, Listener, Outcome
 from .engine.leases import LeaseKeeper
 from .engine.owner import describe_owner, new_owner_id, owner_alive
 from .engine.stops import Abort, Fenced, StoreFailed, Suspend
-from .errors import BatonError, RunNotFound, UsageError
+from .errors import ApprovalError, BatonError, RunNotFound, UsageError
 from .journal import GENESIS_HASH, EncodedEvent, RunStatus, canonical_json, decode, encode_batch, index_update
 from .journal import events as ev
 from .settings import Settings
@@ -67,8 +71,9 @@ class Baton:
     """
 
     def __init__(self, settings: Settings | None = None, *, store: Store | None = None,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, governance: Governance | None = None) -> None:
         self.settings = settings or Settings.from_env()
+        self.governance = governance if governance is not None else Governance.load()
         self.store = store or open_store(self.settings.database_url, durability=self.settings.durability)
         self.clock = clock or SystemClock()
         self.owner = new_owner_id()
@@ -105,9 +110,13 @@ class Baton:
 
     def start(self, workflow: Workflow | str, input: dict[str, Any] | None = None, /, *,
               principal: str | None = None, tenant: str | None = None,
-              run_id: str | None = None, **kwargs: Any) -> str:
+              run_id: str | None = None, limits: Limits | None = None, **kwargs: Any) -> str:
         """Record a new run and return its id. Nothing runs until a worker or
-        :meth:`drive` picks it up."""
+        :meth:`drive` picks it up.
+
+        ``principal`` is who the run acts for, for its whole life; when principals are
+        configured it must be one of them, and the run takes its tenant. ``limits`` add to
+        (and override) the defaults of ``baton.toml``."""
         if isinstance(workflow, str):
             ref = canonical_ref(workflow)
             wf = self.workflow_for(ref)
@@ -116,15 +125,27 @@ class Baton:
         _, input_json = wf.validate_input({**(input or {}), **kwargs})
         json_text(input_json, f"input for workflow {wf.name}")
         json_text([principal, tenant, run_id], "the principal, tenant and run id")
+        principal, tenant = self._acting_for(principal, tenant)
+        run_limits = self.governance.limits.merged(limits)
         now = self.clock.time()
         run_id = run_id or new_run_id(now)
         started = ev.RunStarted(workflow=wf.name, workflow_ref=ref, input=input_json,
-                                principal=principal, tenant=tenant)
+                                principal=principal, tenant=tenant, limits=run_limits.to_json() or None)
         rows = encode_batch(run_id, 0, GENESIS_HASH, [started], now)
         self.store.create_run(
             NewRun(run_id, wf.name, ref, now, principal, tenant), rows, index_update([started])
         )
         return run_id
+
+    def _acting_for(self, principal: str | None, tenant: str | None) -> tuple[str | None, str | None]:
+        """Check who a new run acts for against the directory; the tenant is theirs."""
+        directory = self.governance.directory
+        if not len(directory) and not self.governance.enforcing:
+            return principal, tenant
+        found = directory.require(principal, what="principal the run acts for")
+        if tenant is not None and tenant != found.tenant:
+            raise UsageError(f"{found.id} belongs to tenant {found.tenant!r}, not {tenant!r}")
+        return found.id, found.tenant
 
     def run(self, workflow: Workflow | str, input: dict[str, Any] | None = None, /, *,
             listener: Listener | None = None, **kwargs: Any) -> RunRecord:
@@ -199,7 +220,7 @@ class Baton:
         except BatonError as exc:
             load_error = exc.message
         x = Execution(store=self.store, settings=self.settings, clock=self.clock, pool=self.pool,
-                      run=record, events=events, listener=listener)
+                      run=record, events=events, listener=listener, governance=self.governance)
         self.leases.add(x)
         try:
             if previous is not None:
@@ -360,6 +381,39 @@ class Baton:
                 f"{tool_name} returns {wanted}; the result given does not fit it "
                 f"({str(exc).splitlines()[0]}): pass it with --result JSON"
             ) from None
+
+    # -- approvals --------------------------------------------------------------------
+
+    def approvals(self, principal: str | None = None, *, status: str | None = "pending") -> list[ApprovalRecord]:
+        """Approval requests. With ``principal``: only those in their tenant that they may
+        decide (pending ones: not their own, and not expired)."""
+        if principal is None:
+            return self.store.list_approvals(status=status)
+        who = self.governance.directory.require(principal)
+        found = self.store.list_approvals(status=status, tenant=who.tenant)
+        if status != "pending":
+            return found
+        now = self.clock.time()
+        return [a for a in found if a.requester != who.id and who.may_act_as(a.approvers) and a.expires_at > now]
+
+    def get_approval(self, approval_id: str, principal: str | None = None) -> ApprovalRecord:
+        """An approval request by id (or unique prefix). With ``principal``, only one of
+        their tenant: another tenant's request is reported as not existing."""
+        who = self.governance.directory.require(principal) if principal is not None else None
+        found = self.store.get_approval(approval_id)
+        if found is None:
+            matches = self.store.find_approval(approval_id) if approval_id else []
+            if len(matches) > 1:
+                raise UsageError(f"{approval_id!r} matches several approval requests: {', '.join(matches[:5])}")
+            found = self.store.get_approval(matches[0]) if matches else None
+        if found is None or (who is not None and found.tenant != who.tenant):
+            raise ApprovalError(f"no approval request {approval_id!r}")
+        return found
+
+    def decide(self, approval_id: str, *, principal: str, approve: bool, reason: str) -> ApprovalRecord:
+        """Approve or deny a pending request as ``principal``, with a reason. The decision is
+        appended to the run's journal; the run continues when a worker picks it up."""
+        return decide(self, approval_id, principal=principal, approve=approve, reason=reason)
 
     # -- reading --------------------------------------------------------------------
 

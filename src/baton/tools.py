@@ -97,6 +97,15 @@ class Tool(Generic[P, R]):
     compensate: Callable[..., Any] | None = None
     reconcile: Callable[..., Any] | None = None
     description: str = ""
+    role: str | None = None
+    """The role the tool runs under: recorded on each step and shown to policy."""
+    resource: str | Callable[..., tuple[str, str]] | None = None
+    """What policy sees the call act on: ``"Order::{order_id}"`` (formatted with the
+    arguments) or a function of the arguments returning (type, id). Default ``Tool::NAME``."""
+    cost: Callable[..., float] | None = None
+    """The spend of a call, from its arguments (e.g. the refund amount), for budgets and policy."""
+    tokens: Callable[[Any], int] | None = None
+    """The model tokens a call used, from its result, for the run's token budget."""
 
     def __post_init__(self) -> None:
         signature = evaluated_signature(self.fn)
@@ -156,6 +165,29 @@ class Tool(Generic[P, R]):
     def decode_result(self, value: Any) -> Any:
         return self.result_adapter.validate_python(value)
 
+    def resource_of(self, values: dict[str, Any]) -> tuple[str, str]:
+        """The (entity type, id) this call acts on, as policy sees it."""
+        if self.resource is None:
+            return ("Tool", self.name)
+        if callable(self.resource):
+            kind, ident = _call_with_accepted(self.resource, values)
+            return str(kind), str(ident)
+        kind, sep, template = self.resource.rpartition("::")
+        if not sep or not kind:
+            raise ValueError(f"resource of {self.name} must look like 'Order::{{order_id}}'")
+        return kind, template.format(**values)
+
+    def cost_of(self, values: dict[str, Any]) -> float:
+        if self.cost is None:
+            return 0.0
+        value = float(_call_with_accepted(self.cost, values))
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"cost of {self.name} must be a finite number of 0 or more, not {value}")
+        return value
+
+    def tokens_of(self, result: Any) -> int:
+        return 0 if self.tokens is None else int(self.tokens(result))
+
     def run_compensation(self, args: dict[str, Any], result: Any, key: str) -> Any:
         assert self.compensate is not None
         values = {**args, "result": result, IDEMPOTENCY_KEY: f"{key}:compensate"}
@@ -193,6 +225,10 @@ def tool(
     give_up_on: tuple[type[BaseException], ...] = (),
     compensate: Callable[..., Any] | None = None,
     reconcile: Callable[..., Any] | None = None,
+    role: str | None = None,
+    resource: str | Callable[..., tuple[str, str]] | None = None,
+    cost: Callable[..., float] | None = None,
+    tokens: Callable[[Any], int] | None = None,
 ) -> Callable[[Callable[P, R]], Tool[P, R]]: ...
 
 
@@ -210,6 +246,10 @@ def tool(
     give_up_on: tuple[type[BaseException], ...] = (),
     compensate: Callable[..., Any] | None = None,
     reconcile: Callable[..., Any] | None = None,
+    role: str | None = None,
+    resource: str | Callable[..., tuple[str, str]] | None = None,
+    cost: Callable[..., float] | None = None,
+    tokens: Callable[[Any], int] | None = None,
 ) -> Tool[P, R] | Callable[[Callable[P, R]], Tool[P, R]]:
     """Declare a tool.
 
@@ -217,6 +257,10 @@ def tool(
     the effect of calling once; Baton then retries an interrupted call. Without it, Baton
     records the intent before calling and never repeats an interrupted call on a guess: it
     asks ``reconcile`` or pauses the run for a person.
+
+    For governance: ``role`` is the role the tool runs under, ``resource`` what policy sees
+    it act on (``"Order::{order_id}"``), ``cost`` its spend from its arguments and
+    ``tokens`` the model tokens it used, from its result.
 
     >>> @tool(idempotent=True, retries=3, timeout=5.0)
     ... def issue_refund(order_id: str, amount: float, *, idempotency_key: str) -> dict: ...
@@ -231,6 +275,10 @@ def tool(
             retry=RetryPolicy(retries, backoff, max_backoff, retry_on, give_up_on),
             compensate=compensate,
             reconcile=reconcile,
+            role=role,
+            resource=resource,
+            cost=cost,
+            tokens=tokens,
         )
 
     return wrap(fn) if fn is not None else wrap

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..aio import run_coroutine
-from ..errors import BatonError, StepError, ToolTimeout, ToolValidationError
+from ..approvals import args_hash
+from ..errors import ApprovalDenied, BatonError, PolicyDenied, StepError, ToolTimeout, ToolValidationError
 from ..journal import canonical_json
 from ..journal import events as ev
 from ..tools import Tool
@@ -40,6 +41,9 @@ def step_error(name: str, info: ev.ErrorInfo, run_id: str, step_id: int) -> Step
     """The exception a workflow sees for a failed step: the same live and on replay."""
     if info.code == ToolValidationError.code:
         return ToolValidationError(info.message, error_type=info.type, run_id=run_id, step_id=step_id)
+    if info.code in (PolicyDenied.code, ApprovalDenied.code):
+        denied = ApprovalDenied if info.code == ApprovalDenied.code else PolicyDenied
+        return denied(info.message, error_type=info.type, run_id=run_id, step_id=step_id)
     cls = ToolTimeout if info.code == ToolTimeout.code else StepError
     return cls(f"{name} failed: {info.type}: {info.message}", error_type=info.type, run_id=run_id,
                step_id=step_id, retryable=info.retryable)
@@ -60,6 +64,8 @@ class CallPlan:
     attempt: int = 1
     wait_first: float = 0.0
     """What is left of a backoff recorded before a restart."""
+    approval: str | None = None
+    """A granted approval, consumed with the first attempt's start."""
 
     def recorded(self) -> Any:
         """The outcome of a call that needs no attempt: its value, or its failure raised."""
@@ -99,7 +105,7 @@ class Calls:
         if rec is not None and rec.error is not None:
             return CallPlan(tool, step_id, error=step_error(tool.name, rec.error, x.run_id, step_id))
         x.before_new_work(step_id)
-        if rec is not None:
+        if rec is not None and rec.attempts > 0:
             values, _ = tool.validate(rec.args)
             if rec.in_flight and not tool.idempotent:
                 return self.settle_in_doubt(tool, rec, values)
@@ -108,17 +114,72 @@ class Calls:
                 raise Suspend()  # resumed early (a takeover): the next attempt is not due yet
             return CallPlan(tool, step_id, run=True, values=values, args_json=rec.args,
                             attempt=rec.attempts + 1, wait_first=wait)
+        checked = self.validated(tool, step_id, args, kwargs)
+        if isinstance(checked, CallPlan):
+            return checked
+        values, args_json = checked
+        if rec is not None and rec.approval is not None:
+            return self.approved(tool, rec, values, args_json)
+        return self.admit(tool, step_id, values, args_json)
+
+    def validated(self, tool: Tool[Any, Any], step_id: int, args: tuple[Any, ...],
+                  kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | CallPlan:
+        """The call's arguments checked against the tool's signature, or the failed step."""
+        x = self.x
         try:
-            values, args_json = tool.validate(tool.bind(args, kwargs))
+            return tool.validate(tool.bind(args, kwargs))
         except ToolValidationError as error:
             raw = {**{str(i): repr(v) for i, v in enumerate(args)}, **{k: repr(v) for k, v in kwargs.items()}}
             x.append([
                 ev.StepStarted(step_id=step_id, kind="call", name=tool.name, args=raw, attempt=0,
-                               idempotency_key=idempotency_key(x.run_id, step_id), idempotent=tool.idempotent),
+                               idempotency_key=idempotency_key(x.run_id, step_id), idempotent=tool.idempotent,
+                               role=tool.role),
                 ev.StepFailed(step_id=step_id, attempt=0, error=error_info(error), final=True),
             ])
             return CallPlan(tool, step_id, error=step_error(tool.name, error_info(error), x.run_id, step_id))
-        return CallPlan(tool, step_id, run=True, values=values, args_json=args_json)
+
+    def admit(self, tool: Tool[Any, Any], step_id: int, values: dict[str, Any], args_json: dict[str, Any],
+              before: list[ev.Event] | None = None) -> CallPlan:
+        """A new call: within the run's limits, and allowed by policy (or held for approval)?"""
+        x, guard = self.x, self.x.guard
+        for event in before or []:
+            x.buffer(event)
+        if guard is None or not guard.active:
+            return CallPlan(tool, step_id, run=True, values=values, args_json=args_json)
+        guard.check_budget(tool, values)
+        decision = guard.decide(tool, step_id, values, args_json)
+        if decision is None:
+            return CallPlan(tool, step_id, run=True, values=values, args_json=args_json)
+        verdict, decided = decision
+        if verdict.effect == "allow":
+            x.buffer(decided)  # written with the step itself: no extra commit
+            return CallPlan(tool, step_id, run=True, values=values, args_json=args_json)
+        if verdict.effect == "deny":
+            return CallPlan(tool, step_id, error=guard.denied(tool, step_id, verdict, decided))
+        guard.request(step_id, title=f"{tool.name} for {guard.principal_id or 'nobody'}", tool=tool.name,
+                      args_json=args_json, policies=verdict.policies, approvers=verdict.approvers,
+                      expires_after=verdict.expires_after, escalate_to=verdict.escalate_to, before=[decided])
+        raise Suspend()
+
+    def approved(self, tool: Tool[Any, Any], rec: StepRecord, values: dict[str, Any],
+                 args_json: dict[str, Any]) -> CallPlan:
+        """A call that asked for approval: still waiting, denied, or granted for these
+        exact arguments (other arguments withdraw the request and are decided afresh)."""
+        x, guard, approval = self.x, self.x.guard, rec.approval
+        assert approval is not None
+        if guard is None:
+            raise Abort(BatonError("this run waits for an approval, but this runtime has no governance "
+                                   "configured (baton.toml)", run_id=x.run_id, step_id=rec.step_id))
+        if args_hash(tool.name, args_json) != approval.request.args_hash:
+            withdrawn = ev.ApprovalWithdrawn(
+                step_id=rec.step_id, approval_id=approval.request.approval_id,
+                reason="the workflow now asks for this step with other arguments")
+            return self.admit(tool, rec.step_id, values, args_json, before=[withdrawn])
+        guard.settle_expiry(rec, approval)
+        if approval.status == "denied":
+            return CallPlan(tool, rec.step_id, error=guard.approval_denied(tool.name, rec.step_id, approval))
+        return CallPlan(tool, rec.step_id, run=True, values=values, args_json=approval.request.args,
+                        approval=approval.request.approval_id)
 
     def decode_recorded(self, tool: Tool[Any, Any], rec: StepRecord) -> Any:
         try:
@@ -164,12 +225,19 @@ class Calls:
         if plan.wait_first > 0:
             yield Wait(plan.wait_first)
             x.before_new_work(step_id)
+        approval = plan.approval
         while True:
             start = ev.StepStarted.trusted(
                 step_id=step_id, kind="call", name=tool.name, args=plan.args_json, attempt=attempt,
                 idempotency_key=idempotency_key(x.run_id, step_id), idempotent=tool.idempotent,
+                role=tool.role,
             )
-            if not tool.idempotent:
+            durable = not tool.idempotent or approval is not None
+            if approval is not None:
+                # Used exactly once: consumed in the append that records the start.
+                x.append([ev.ApprovalConsumed(step_id=step_id, approval_id=approval), start])
+                approval = None
+            elif durable:
                 x.append([start])  # the intent is durable before the call is made
             try:
                 value = yield Invoke(plan.values, start.idempotency_key)
@@ -185,7 +253,7 @@ class Calls:
                     f"{tool.name} tried to exit the process (SystemExit {exc.code!r})")
             else:
                 return self.record_success(tool, start, value)
-            delay = self.record_failure(tool, start, failure)
+            delay = self.record_failure(tool, start, failure, durable)
             if delay > x.settings.retry_wait:
                 raise Suspend()  # the run sleeps until the next attempt is due (see the index)
             yield Wait(delay)
@@ -199,7 +267,8 @@ class Calls:
             if tool.idempotent:
                 done: ev.Event = ev.StepRan.trusted(
                     step_id=step_id, kind="call", name=tool.name, args=start.args,
-                    attempt=start.attempt, idempotency_key=start.idempotency_key, result=result_json,
+                    attempt=start.attempt, idempotency_key=start.idempotency_key, role=tool.role,
+                    result=result_json,
                 )
             else:
                 done = ev.StepCompleted.trusted(step_id=step_id, result=result_json)
@@ -208,12 +277,14 @@ class Calls:
             info = ev.ErrorInfo(type=type(exc).__name__, retryable=False, code="result_not_json",
                                 message=f"the call took effect but its result cannot be stored as JSON: {exc}")
             failed = ev.StepFailed(step_id=step_id, attempt=start.attempt, error=info, final=True)
-            x.append([start, failed] if tool.idempotent else [failed])
+            rec = x.state.steps.get(step_id)
+            x.append([failed] if rec is not None and rec.in_flight else [start, failed])
             raise step_error(tool.name, info, x.run_id, step_id) from None
         x.append([done])  # idempotent: one event, one durable write for the whole step
         return tool.decode_result(result_json)
 
-    def record_failure(self, tool: Tool[Any, Any], start: ev.StepStarted, exc: Exception) -> float:
+    def record_failure(self, tool: Tool[Any, Any], start: ev.StepStarted, exc: Exception,
+                       start_written: bool) -> float:
         """Journal a failed attempt. Returns the delay before the next one, or raises."""
         x, step_id = self.x, start.step_id
         rec = x.state.steps.get(step_id)
@@ -226,7 +297,7 @@ class Calls:
         retry_at = x.clock.time() + delay if delay is not None and delay > x.settings.retry_wait else None
         failed = ev.StepFailed(step_id=step_id, attempt=start.attempt, error=info, final=not retryable,
                                retry_in=delay, retry_at=retry_at)
-        x.append([start, failed] if tool.idempotent else [failed])
+        x.append([failed] if start_written else [start, failed])
         if delay is None:
             raise step_error(tool.name, info, x.run_id, step_id)
         return delay

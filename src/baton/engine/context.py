@@ -10,13 +10,29 @@ from __future__ import annotations
 
 import json
 import uuid as _uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from ..errors import BatonError, UsageError
 from ..journal import events as ev
+from ..policy import parse_approvers
 from ..tools import Tool
 from .execution import Execution
-from .stops import Suspend
+from .stops import Abort, Suspend
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalDecision:
+    """What a person decided on a ``ctx.approval`` request. ``by`` is ``None`` when the
+    request expired undecided."""
+
+    approved: bool
+    by: str | None
+    reason: str
+
+    def __bool__(self) -> bool:
+        return self.approved
 
 
 class Context:
@@ -29,6 +45,12 @@ class Context:
     @property
     def run_id(self) -> str:
         return self._x.run_id
+
+    @property
+    def principal(self) -> str | None:
+        """Who the run acts for: fixed when it started; nothing in the run can change it."""
+        started = self._x.state.started
+        return started.principal if started else None
 
     @property
     def is_replaying(self) -> bool:
@@ -118,6 +140,46 @@ class Context:
         if events:
             x.append(events)
         raise Suspend()
+
+    def approval(self, title: str, *, approvers: list[str] | str, evidence: Any = None,
+                 expires_in: float | None = None, escalate_to: list[str] | str | None = None) -> Any:
+        """Ask a person to approve ``title`` and wait durably for the answer (it may take
+        days; no process waits). ``approvers`` are ``role:NAME`` or ``principal:ID`` entries
+        (a bare name is a role); the run's own principal can never approve. Returns an
+        :class:`ApprovalDecision`; a denial (or an expiry without escalation) is not an
+        error, the workflow decides what it means."""
+        decision = self._approval(title, approvers, evidence, expires_in, escalate_to)
+        if self._async:
+            return _ready(decision)
+        return decision
+
+    def _approval(self, title: str, approvers: list[str] | str, evidence: Any, expires_in: float | None,
+                  escalate_to: list[str] | str | None) -> ApprovalDecision:
+        x = self._x
+        step_id, rec = x.next_step("approval", title)
+        approval = rec.approval if rec is not None else None
+        if approval is not None and approval.consumed:
+            return ApprovalDecision(approval.status == "approved", approval.by, approval.reason)
+        x.before_new_work(step_id)
+        guard = x.guard
+        if guard is None:
+            raise Abort(BatonError("ctx.approval needs a runtime with governance (principals in baton.toml)",
+                                   run_id=x.run_id, step_id=step_id))
+        if approval is None:
+            who = parse_approvers(",".join(approvers) if isinstance(approvers, list) else approvers,
+                                  f"ctx.approval({title!r})")
+            then = parse_approvers(",".join(escalate_to) if isinstance(escalate_to, list) else escalate_to or "",
+                                   f"ctx.approval({title!r})")
+            if not who:
+                raise UsageError(f"ctx.approval({title!r}) needs approvers, e.g. approvers=\"role:manager\"")
+            guard.request(step_id, title=title, tool=None, args_json={}, policies=(), approvers=who,
+                          expires_after=expires_in, escalate_to=then, evidence=evidence)
+            raise Suspend()
+        assert rec is not None
+        guard.settle_expiry(rec, approval)
+        if approval.status == "approved":
+            x.buffer(ev.ApprovalConsumed(step_id=step_id, approval_id=approval.request.approval_id))
+        return ApprovalDecision(approval.status == "approved", approval.by, approval.reason)
 
     def now(self) -> datetime:
         """The current time, recorded once: replay returns the same instant."""

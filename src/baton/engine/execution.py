@@ -15,7 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from ..budgets import Limits
 from ..clock import Clock
+from ..config import Governance
 from ..errors import AppendConflict, BatonError, NonDeterminismError, RunCancelled
 from ..journal import IndexUpdate, RunStatus, canonical_json, encode_batch, index_update
 from ..journal import events as ev
@@ -24,6 +26,7 @@ from ..settings import Settings
 from ..store import RunRecord, Store
 from ..tools import Tool
 from .calls import Calls, error_info, idempotency_key
+from .guard import Guard
 from .replay import ReplayState, StepRecord
 from .stops import Abort, Fenced, StoreFailed, Suspend
 
@@ -56,6 +59,7 @@ class Execution:
         run: RunRecord,
         events: list[ev.Event],
         listener: Listener | None = None,
+        governance: Governance | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -77,6 +81,11 @@ class Execution:
         self.abort: BatonError | None = None
         self.last_appended: ev.Event | None = self.state.last
         self.calls = Calls(self)
+        self.guard: Guard | None = None
+        if governance is not None:
+            started = self.state.started
+            limits = Limits.from_json(started.limits if started else None)
+            self.guard = Guard(self, governance, limits, run.created_at)
 
     # -- the journal ----------------------------------------------------------------
 
@@ -95,6 +104,10 @@ class Execution:
             update = index_update(batch)
             if update.status is RunStatus.RUNNING and self.indexed_status is RunStatus.RUNNING:
                 update.status = None  # already so: leave the index row's status alone
+        if self.guard is not None and self.guard.tracks_usage and (usage := self.guard.usage_rows(batch)):
+            if update is _NO_UPDATE:
+                update = IndexUpdate()
+            update.usage = usage
         try:
             self.store.append(self.run_id, self.head_seq, rows, update, now)
         except AppendConflict:

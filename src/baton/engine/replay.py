@@ -14,6 +14,21 @@ from ..journal import events as ev
 
 
 @dataclass(slots=True)
+class ApprovalState:
+    """Where a step's approval request stands."""
+
+    request: ev.ApprovalRequested
+    approvers: list[str]
+    expires_at: float
+    status: str = "pending"
+    """``pending``, ``approved`` or ``denied``."""
+    by: str | None = None
+    reason: str = ""
+    escalated: bool = False
+    consumed: bool = False
+
+
+@dataclass(slots=True)
 class StepRecord:
     step_id: int
     kind: str
@@ -33,6 +48,8 @@ class StepRecord:
     retry_at: float | None = None
     """After a failed attempt: when the next one is due."""
     compensated: bool = False
+    policy: ev.PolicyDecided | None = None
+    approval: ApprovalState | None = None
 
     @property
     def done(self) -> bool:
@@ -41,7 +58,8 @@ class StepRecord:
 
 _PROGRESS = frozenset({
     ev.StepCompleted, ev.StepRan, ev.StepFailed, ev.TimerFired, ev.SignalReceived,
-    ev.StepResolved, ev.ValueRecorded, ev.Compensated,
+    ev.StepResolved, ev.ValueRecorded, ev.Compensated, ev.ApprovalGranted, ev.ApprovalDenied,
+    ev.ApprovalConsumed,
 })
 
 
@@ -128,6 +146,40 @@ class ReplayState:
     def _compensated(self, event: ev.Compensated) -> None:
         self.steps[event.step_id].compensated = True
 
+    def _policy(self, event: ev.PolicyDecided) -> None:
+        rec = self.steps.get(event.step_id)
+        if rec is None:
+            rec = self.steps[event.step_id] = StepRecord(event.step_id, "call", event.tool, args=event.args)
+        rec.policy = event
+
+    def _requested(self, event: ev.ApprovalRequested) -> None:
+        rec = self.steps.get(event.step_id)
+        if rec is None:
+            kind, name = ("call", event.tool) if event.tool is not None else ("approval", event.title)
+            rec = self.steps[event.step_id] = StepRecord(event.step_id, kind, name, args=event.args)
+        rec.approval = ApprovalState(event, list(event.approvers), event.expires_at)
+
+    def _decided(self, event: ev.ApprovalGranted | ev.ApprovalDenied) -> None:
+        approval = self.steps[event.step_id].approval
+        if approval is not None and approval.request.approval_id == event.approval_id:
+            approval.status = "approved" if isinstance(event, ev.ApprovalGranted) else "denied"
+            approval.by, approval.reason = event.by, event.reason
+
+    def _escalated(self, event: ev.ApprovalEscalated) -> None:
+        approval = self.steps[event.step_id].approval
+        if approval is not None:
+            approval.approvers, approval.expires_at = list(event.approvers), event.expires_at
+            approval.escalated = True
+
+    def _withdrawn(self, event: ev.ApprovalWithdrawn) -> None:
+        rec = self.steps[event.step_id]
+        rec.approval, rec.policy = None, None
+
+    def _consumed(self, event: ev.ApprovalConsumed) -> None:
+        approval = self.steps[event.step_id].approval
+        if approval is not None:
+            approval.consumed = True
+
     def _run_started(self, event: ev.RunStarted) -> None:
         self.started = event
 
@@ -149,6 +201,13 @@ _HANDLERS: dict[type[ev.Event], Callable[[ReplayState, Any], None]] = {
     ev.SignalReceived: ReplayState._received,
     ev.TimerFired: ReplayState._fired,
     ev.Compensated: ReplayState._compensated,
+    ev.PolicyDecided: ReplayState._policy,
+    ev.ApprovalRequested: ReplayState._requested,
+    ev.ApprovalGranted: ReplayState._decided,
+    ev.ApprovalDenied: ReplayState._decided,
+    ev.ApprovalEscalated: ReplayState._escalated,
+    ev.ApprovalWithdrawn: ReplayState._withdrawn,
+    ev.ApprovalConsumed: ReplayState._consumed,
     ev.RunCompleted: ReplayState._ended,
     ev.RunFailed: ReplayState._ended,
     ev.RunCancelled: ReplayState._ended,

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, JsonValue
 
 from .encoding import canonical_json
 
-StepKind = Literal["call", "sleep", "wait", "now", "uuid"]
+StepKind = Literal["call", "sleep", "wait", "now", "uuid", "approval"]
 
 
 class ErrorInfo(BaseModel):
@@ -109,6 +109,8 @@ class RunStarted(Event):
     input: dict[str, JsonValue]
     principal: str | None = None
     tenant: str | None = None
+    limits: dict[str, JsonValue] | None = None
+    """The run's budget (``baton.Limits``), fixed when it starts."""
 
 
 class RunRecovered(Event):
@@ -154,6 +156,8 @@ class StepCall(Event):
     args: dict[str, JsonValue]
     attempt: int = 1
     idempotency_key: str
+    role: str | None = None
+    """The role the tool runs under (``@tool(role=...)``), if it declares one."""
 
 
 class StepStarted(StepCall):
@@ -240,6 +244,99 @@ class Compensated(Event):
     name: str
     ok: bool
     error: ErrorInfo | None = None
+
+
+# -- governance ------------------------------------------------------------------------
+
+
+PolicyEffect = Literal["allow", "deny", "approval"]
+
+
+class PolicyDecided(Event):
+    """What policy said about a tool step, before it ran, and which policies said it.
+
+    ``effect`` is what is enforced. ``shadow_effect`` is what the policies in shadow mode
+    would have decided, when that differs (they are journaled, never enforced)."""
+
+    step_id: int
+    tool: str
+    args: dict[str, JsonValue]
+    principal: str | None
+    role: str | None
+    action: str
+    resource: str
+    effect: PolicyEffect
+    policies: list[str]
+    errors: list[str] = []
+    shadow_effect: PolicyEffect | None = None
+    shadow_policies: list[str] = []
+
+
+class ApprovalRequested(Event):
+    """The step waits for a person. ``args_hash`` binds the request to the exact arguments:
+    an approval never applies to a call with other arguments."""
+
+    step_id: int
+    approval_id: str
+    title: str
+    tool: str | None
+    args: dict[str, JsonValue]
+    args_hash: str
+    policies: list[str]
+    evidence: JsonValue = None
+    requester: str | None
+    tenant: str | None
+    approvers: list[str]
+    """Who may decide: ``role:NAME`` or ``principal:ID`` entries; one match is enough."""
+    expires_at: float
+    expires_after: float
+    """How long the request waits (and, escalated, waits again)."""
+    escalate_to: list[str] = []
+    """Who may decide once the request has expired; empty: expiry denies it."""
+
+
+class ApprovalGranted(Event):
+    step_id: int
+    approval_id: str
+    by: str
+    reason: str
+
+
+class ApprovalDenied(Event):
+    """A person said no, or (``by`` is ``None``) the request expired."""
+
+    step_id: int
+    approval_id: str
+    by: str | None
+    reason: str
+
+
+class ApprovalEscalated(Event):
+    """The request expired undecided and now waits for the escalation approvers."""
+
+    step_id: int
+    approval_id: str
+    approvers: list[str]
+    expires_at: float
+
+
+class ApprovalWithdrawn(Event):
+    """The workflow asked for the step with other arguments: the request no longer applies."""
+
+    step_id: int
+    approval_id: str
+    reason: str
+
+
+class ApprovalConsumed(Event):
+    """The granted approval is used, in the same append as the step's start: exactly once."""
+
+    step_id: int
+    approval_id: str
+
+
+APPROVAL_EVENTS = (ApprovalRequested, ApprovalGranted, ApprovalDenied, ApprovalEscalated,
+                   ApprovalWithdrawn, ApprovalConsumed)
 
 
 def event_class(type_name: str) -> type[Event]:

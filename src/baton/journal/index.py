@@ -32,10 +32,17 @@ class RunStatus(StrEnum):
 # Events that only say the run is moving: the common case, checked first.
 MOVING = frozenset({
     ev.StepStarted, ev.StepCompleted, ev.StepRan, ev.StepReconciled, ev.StepResolved,
-    ev.ValueRecorded, ev.TimerFired, ev.Compensated,
+    ev.ValueRecorded, ev.TimerFired, ev.Compensated, ev.PolicyDecided,
 })
 # A takeover changes nothing about what the run is doing: a sleeping run stays asleep.
 STILL = frozenset({ev.RunRecovered})
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    step_id: int
+    tool: str
+    cost: float
 
 
 @dataclass(slots=True)
@@ -48,6 +55,10 @@ class IndexUpdate:
     waiting_for: str | None = None
     outcome: str | None = None
     consumed_signals: list[int] = field(default_factory=list)
+    approvals: list[ev.Event] = field(default_factory=list)
+    """Approval events, which the store applies to its index of approval requests."""
+    usage: list[Usage] = field(default_factory=list)
+    """Completed tool calls, for policies that count a principal's recent calls."""
 
     def merge(self, event: ev.Event) -> None:
         if type(event) in MOVING:
@@ -59,6 +70,15 @@ class IndexUpdate:
         match event:
             case ev.RunStarted():
                 self._set(RunStatus.PENDING)
+            case ev.ApprovalRequested(expires_at=expires_at) | ev.ApprovalEscalated(expires_at=expires_at):
+                # Waiting for a person; woken at expiry to deny or escalate the request.
+                self._set(RunStatus.WAITING)
+                self.waiting_for = "approval"
+                self.wake_at = expires_at
+                self.approvals.append(event)
+            case ev.ApprovalGranted() | ev.ApprovalDenied() | ev.ApprovalConsumed() | ev.ApprovalWithdrawn():
+                self._set(RunStatus.RUNNING)
+                self.approvals.append(event)
             case ev.SignalReceived(signal_id=signal_id):
                 self._set(RunStatus.RUNNING)
                 if signal_id is not None:
@@ -99,7 +119,7 @@ class IndexUpdate:
         self.outcome = None
 
     def __bool__(self) -> bool:
-        return self.status is not None or bool(self.consumed_signals)
+        return self.status is not None or bool(self.consumed_signals or self.approvals or self.usage)
 
 
 def index_update(events: list[ev.Event]) -> IndexUpdate:

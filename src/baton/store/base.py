@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from ..approvals import ApprovalRecord
 from ..journal import EncodedEvent, IndexUpdate, RunStatus
 
 
@@ -129,6 +130,23 @@ class Store(Protocol):
 
     def release(self, run_id: str, owner: str) -> None:
         """Give up our lease, and anchor the run at its current head."""
+        ...
+
+    # -- governance -------------------------------------------------------------------
+
+    def get_approval(self, approval_id: str) -> ApprovalRecord | None: ...
+
+    def find_approval(self, prefix: str) -> list[str]:
+        """Approval ids starting with ``prefix``."""
+        ...
+
+    def list_approvals(self, *, status: str | None = "pending", tenant: str | None = None,
+                       run_id: str | None = None, limit: int = 100) -> list[ApprovalRecord]:
+        """Approval requests, oldest first (``status=None``: any status)."""
+        ...
+
+    def tool_usage(self, tenant: str | None, principal: str | None, tool: str, since: float) -> tuple[int, float]:
+        """(count, total cost) of ``tool``'s completed calls for ``principal`` since ``since``."""
         ...
 
     # -- inbox ----------------------------------------------------------------------

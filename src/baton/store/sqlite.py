@@ -10,6 +10,7 @@ the last commits on power loss.
 from __future__ import annotations
 
 import functools
+import json
 import sqlite3
 import threading
 import time
@@ -18,8 +19,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
+from ..approvals import ApprovalRecord
 from ..errors import AppendConflict, MigrationError, StoreError
-from ..journal import EncodedEvent, IndexUpdate, RunStatus
+from ..journal import EncodedEvent, IndexUpdate, RunStatus, canonical_json
+from ..journal import events as ev
 from . import migrations
 from .base import NewRun, RunRecord, Signal, Taken
 
@@ -53,6 +56,71 @@ _MAX_ROWS = 16
 def _insert_sql(count: int) -> str:
     values = ", ".join(["(?, ?, ?, ?, ?, ?)"] * count)
     return f"INSERT INTO events (run_id, seq, type, at, data, hash) VALUES {values}"
+
+
+_APPROVAL_COLUMNS = (
+    "approval_id, run_id, step_id, tenant, requester, title, tool, request, approvers, status, "
+    "created_at, expires_at, escalated, decided_by, decided_at, reason, consumed_at"
+)
+
+
+def _approval(row: tuple[Any, ...]) -> ApprovalRecord:
+    request = json.loads(row[7])
+    return ApprovalRecord(
+        approval_id=row[0], run_id=row[1], step_id=row[2], tenant=row[3], requester=row[4], title=row[5],
+        tool=row[6], args=request.get("args", {}), policies=request.get("policies", []),
+        evidence=request.get("evidence"), approvers=json.loads(row[8]), status=row[9], created_at=row[10],
+        expires_at=row[11], escalated=bool(row[12]), decided_by=row[13], decided_at=row[14],
+        reason=row[15], consumed_at=row[16], escalate_to=request.get("escalate_to", []),
+    )
+
+
+def _apply_approval(conn: sqlite3.Connection, run_id: str, event: ev.Event, now: float) -> None:
+    """Keep the approvals index in step with an approval event being appended. A decision
+    on a request that is no longer pending, or a second consumption, is a conflict."""
+    match event:
+        case ev.ApprovalRequested():
+            conn.execute(
+                f"INSERT INTO approvals ({_APPROVAL_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, 0, NULL, NULL, NULL, NULL)",
+                (event.approval_id, run_id, event.step_id, event.tenant, event.requester, event.title,
+                 event.tool, event.encoded(), canonical_json(event.approvers), now, event.expires_at),
+            )
+            return
+        case ev.ApprovalGranted() | ev.ApprovalDenied():
+            status = "approved" if isinstance(event, ev.ApprovalGranted) else (
+                "denied" if event.by is not None else "expired")
+            cur = conn.execute(
+                "UPDATE approvals SET status = ?, decided_by = ?, decided_at = ?, reason = ? "
+                "WHERE approval_id = ? AND run_id = ? AND status = 'pending'",
+                (status, event.by, now, event.reason, event.approval_id, run_id),
+            )
+        case ev.ApprovalEscalated():
+            cur = conn.execute(
+                "UPDATE approvals SET approvers = ?, expires_at = ?, escalated = 1 "
+                "WHERE approval_id = ? AND run_id = ? AND status = 'pending'",
+                (canonical_json(event.approvers), event.expires_at, event.approval_id, run_id),
+            )
+        case ev.ApprovalConsumed():
+            cur = conn.execute(
+                "UPDATE approvals SET consumed_at = ? "
+                "WHERE approval_id = ? AND run_id = ? AND status = 'approved' AND consumed_at IS NULL",
+                (now, event.approval_id, run_id),
+            )
+        case ev.ApprovalWithdrawn():
+            cur = conn.execute(
+                "UPDATE approvals SET status = 'withdrawn', reason = ? "
+                "WHERE approval_id = ? AND run_id = ? AND status IN ('pending', 'approved') "
+                "AND consumed_at IS NULL",
+                (event.reason, event.approval_id, run_id),
+            )
+        case _:
+            return
+    if cur.rowcount != 1:
+        raise AppendConflict(
+            f"approval {getattr(event, 'approval_id', '?')} of run {run_id} was already decided or used",
+            run_id=run_id,
+        )
 
 
 def _run(row: tuple[Any, ...]) -> RunRecord:
@@ -204,7 +272,8 @@ class SqliteStore:
             )
         conn = self._conn()
         try:
-            if update.status is None and not update.consumed_signals and len(rows) <= _MAX_ROWS:
+            if update.status is None and not (update.consumed_signals or update.approvals or update.usage) \
+                    and len(rows) <= _MAX_ROWS:
                 # The common case, a step of a running run: one statement is one transaction.
                 self._insert(conn, rows)
                 return
@@ -229,6 +298,14 @@ class SqliteStore:
                         raise AppendConflict(
                             f"signal {signal_id} of run {run_id} is already consumed", run_id=run_id
                         )
+                for event in update.approvals:
+                    _apply_approval(conn, run_id, event, now)
+                for used in update.usage:
+                    conn.execute(
+                        "INSERT OR IGNORE INTO tool_usage (run_id, step_id, tenant, principal, tool, cost, at) "
+                        "SELECT run_id, ?, tenant, principal, ?, ?, ? FROM runs WHERE run_id = ?",
+                        (used.step_id, used.tool, used.cost, now, run_id),
+                    )
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:  # also when COMMIT itself failed
@@ -349,6 +426,42 @@ class SqliteStore:
                 "WHERE run_id = :run AND owner = :owner",
                 {"run": run_id, "owner": owner},
             )
+
+    # -- governance -----------------------------------------------------------------
+
+    def get_approval(self, approval_id: str) -> ApprovalRecord | None:
+        rows = self._query(f"SELECT {_APPROVAL_COLUMNS} FROM approvals WHERE approval_id = ?", (approval_id,))
+        return _approval(rows[0]) if rows else None
+
+    def find_approval(self, prefix: str) -> list[str]:
+        rows = self._query(
+            "SELECT approval_id FROM approvals WHERE approval_id >= ? AND approval_id < ? "
+            "ORDER BY approval_id LIMIT 10",
+            (prefix, prefix + "\U0010ffff"),
+        )
+        return [r[0] for r in rows]
+
+    def list_approvals(self, *, status: str | None = "pending", tenant: str | None = None,
+                       run_id: str | None = None, limit: int = 100) -> list[ApprovalRecord]:
+        clauses, params = [], []
+        for column, value in (("status", status), ("tenant", tenant), ("run_id", run_id)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._query(
+            f"SELECT {_APPROVAL_COLUMNS} FROM approvals {where} ORDER BY created_at LIMIT ?", (*params, limit)
+        )
+        return [_approval(row) for row in rows]
+
+    def tool_usage(self, tenant: str | None, principal: str | None, tool: str, since: float) -> tuple[int, float]:
+        """How many calls of ``tool`` completed for ``principal`` since ``since``, and their cost."""
+        row = self._query(
+            "SELECT COUNT(*), COALESCE(SUM(cost), 0) FROM tool_usage "
+            "WHERE tenant IS ? AND principal IS ? AND tool = ? AND at >= ?",
+            (tenant, principal, tool, since),
+        )[0]
+        return int(row[0]), float(row[1])
 
     # -- inbox ----------------------------------------------------------------------
 

@@ -1,0 +1,88 @@
+"""Deciding an approval request: the checks, then an append to the run's journal.
+
+A decision is refused, with a message that says why, when the request is not in the
+decider's tenant (it is reported as not existing), is no longer pending, was asked for by
+the decider, names approvers the decider is not one of, or has expired.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from ..engine.execution import Execution
+from ..engine.stops import Fenced, StoreFailed
+from ..errors import ApprovalError, UsageError
+from ..journal import decode
+from ..journal import events as ev
+from .requests import ApprovalRecord
+
+if TYPE_CHECKING:
+    from ..runtime import Baton
+
+
+def describe_approvers(approvers: list[str]) -> str:
+    """``["role:manager", "principal:carol"]`` → ``a manager or carol``."""
+    names = [f"a {e[5:]}" if e.startswith("role:") else e.removeprefix("principal:") for e in approvers]
+    return " or ".join(names) or "nobody"
+
+
+def _when(epoch: float | None) -> str:
+    return "?" if epoch is None else datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def decide(baton: Baton, approval_id: str, *, principal: str, approve: bool, reason: str) -> ApprovalRecord:
+    who = baton.governance.directory.require(principal, what="approver")
+    verb = "approve" if approve else "deny"
+    reason = reason.strip()
+    if not reason:
+        raise UsageError(f"say why you {verb} it (--reason \"...\"): the reason is kept in the audit trail")
+    record = baton.get_approval(approval_id, principal)
+    name = record.approval_id
+    if record.status != "pending":
+        by = f" by {record.decided_by}" if record.decided_by else ""
+        raise ApprovalError(f"approval {name} was already {record.status}{by} at {_when(record.decided_at)}; "
+                            "a request is decided once")
+    if record.requester == who.id:
+        raise ApprovalError(f"{who.id} asked for approval {name} and cannot {verb} it: "
+                            "someone else must decide")
+    if not who.may_act_as(record.approvers):
+        roles = ", ".join(sorted(who.roles)) or "none"
+        raise ApprovalError(f"{who.id} may not {verb} approval {name}: it needs "
+                            f"{describe_approvers(record.approvers)} (roles of {who.id}: {roles})")
+    if baton.clock.time() >= record.expires_at:
+        then = "escalated" if record.request_escalates else "denied"
+        raise ApprovalError(f"approval {name} expired at {_when(record.expires_at)}; it will be {then} "
+                            "when the run is next picked up")
+    claim = None
+    deadline = time.monotonic() + 10.0
+    while claim is None:
+        claim = baton.acquire(record.run_id)
+        if claim is None:
+            if time.monotonic() > deadline:
+                raise ApprovalError(f"run {record.run_id} is busy with another worker; try again")
+            time.sleep(0.05)
+    try:
+        events = [decode(row) for row in baton.store.read(record.run_id)]
+        x = Execution(store=baton.store, settings=baton.settings, clock=baton.clock, pool=baton.pool,
+                      run=claim.record, events=events)
+        rec = x.state.steps.get(record.step_id)
+        approval = rec.approval if rec is not None else None
+        if approval is None or approval.request.approval_id != name or approval.status != "pending":
+            raise ApprovalError(f"approval {name} is no longer pending")
+        decision: ev.Event
+        if approve:
+            decision = ev.ApprovalGranted(step_id=record.step_id, approval_id=name, by=who.id, reason=reason)
+        else:
+            decision = ev.ApprovalDenied(step_id=record.step_id, approval_id=name, by=who.id, reason=reason)
+        x.append([decision])
+    except Fenced:
+        raise ApprovalError(f"approval {name} was decided by someone else at the same moment") from None
+    except StoreFailed as failed:
+        raise failed.error from None
+    finally:
+        baton.let_go(record.run_id)
+    decided = baton.store.get_approval(name)
+    assert decided is not None
+    return decided

@@ -1,0 +1,279 @@
+"""Deciding a tool step with Cedar: allow, deny, or allow once a person approves.
+
+How a policy asks for approval: a ``forbid`` annotated ``@approval("role:manager")`` is a
+*gate*. When the only policies that deny a step are gates, and the step would be allowed
+without them, the answer is "approval": a person the gate names may open it, for this
+step and these exact arguments. ``@expires("24h")`` and ``@escalate("role:director")``
+say how long the request waits and who may decide it after that.
+
+Policies are parsed once (and again only when a file changes), never per call. A forbid
+policy that fails to evaluate (a missing attribute, a type error) counts as matching:
+Cedar itself would skip it, which would let the step through.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import cedarpy
+
+from ..errors import PolicyError
+from ..identity import Principal
+from .files import PolicySource, load_file
+
+log = logging.getLogger("baton.policy")
+
+Effect = Literal["allow", "deny", "approval"]
+_ERRORED = re.compile(r"policy `(policy\d+)`")
+_LONG = 2**63
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRequest:
+    """What policy is asked before a tool step: one object, so fields can be added later."""
+
+    principal: Principal
+    tool: str
+    resource: tuple[str, str]
+    """(entity type, id), e.g. ``("Order", "98765")``."""
+    args: dict[str, Any]
+    context: dict[str, Any] = field(default_factory=dict)
+    """The facts the runtime adds: the tool, the run, the history of earlier calls."""
+
+    @property
+    def action_uid(self) -> str:
+        return f'Action::{json.dumps(self.tool)}'
+
+    @property
+    def resource_uid(self) -> str:
+        return f"{self.resource[0]}::{json.dumps(self.resource[1])}"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    effect: Effect
+    policies: tuple[str, ...] = ()
+    errors: tuple[str, ...] = ()
+    approvers: tuple[str, ...] = ()
+    expires_after: float | None = None
+    escalate_to: tuple[str, ...] = ()
+    shadow_effect: Effect | None = None
+    shadow_policies: tuple[str, ...] = ()
+
+
+def cedar_value(value: Any) -> Any:
+    """A JSON value as Cedar reads it: floats become ``decimal`` (Cedar has no floats; compare
+    with ``.greaterThan(decimal("100.0"))``), lists become sets, ``None`` is left out."""
+    if isinstance(value, bool | str):
+        return value
+    if isinstance(value, int):
+        return value if -_LONG <= value < _LONG else str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        return {"__extn": {"fn": "decimal", "arg": f"{value:.4f}"}}
+    if isinstance(value, dict):
+        return {str(k): cedar_value(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [cedar_value(v) for v in value if v is not None]
+    return str(value)
+
+
+class _Compiled:
+    """A list of policies parsed into one Cedar policy set; Cedar names them by position."""
+
+    def __init__(self, sources: Sequence[PolicySource]) -> None:
+        self.sources = list(sources)
+        self.handle = cedarpy.PolicySet.from_str("\n".join(s.text for s in sources)) if sources else None
+
+    def source(self, cedar_id: str) -> PolicySource:
+        return self.sources[int(cedar_id.removeprefix("policy"))]
+
+    def evaluate(self, request: dict[str, Any], entities: cedarpy.Entities
+                 ) -> tuple[bool, list[PolicySource], list[str]]:
+        """(allowed, the policies that decided, evaluation errors). Forbids that failed to
+        evaluate count among the deciders and make the answer a denial."""
+        if self.handle is None:
+            return False, [], []
+        result = cedarpy.is_authorized(request, self.handle, entities)
+        deciders = [self.source(pid) for pid in result.diagnostics.reasons]
+        errors = result.diagnostics.errors
+        allowed = result.allowed
+        for error in errors:
+            match = _ERRORED.search(error)
+            if match and (failed := self.source(match.group(1))).effect == "forbid":
+                if allowed:
+                    allowed, deciders = False, []
+                deciders.append(failed)
+        return allowed, deciders, [self.name_policies(e) for e in errors]
+
+    def name_policies(self, error: str) -> str:
+        """Cedar's message with its positional policy names replaced by Baton's ids."""
+        return _ERRORED.sub(lambda m: f"policy `{self.source(m.group(1)).id}`", error)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyFile:
+    path: Path
+    shadow: bool = False
+
+
+class PolicyEngine:
+    """The policies in force (and in shadow mode), reloaded when their files change.
+
+    >>> engine = PolicyEngine([PolicyFile(Path("policies/refunds.cedar"))])  # doctest: +SKIP
+    >>> engine.decide(request).effect                                      # doctest: +SKIP
+    'approval'
+    """
+
+    def __init__(self, files: Sequence[PolicyFile], *, schema: Path | None = None,
+                 reload_interval: float = 1.0) -> None:
+        self.files = list(files)
+        self.schema = schema
+        self.reload_interval = reload_interval
+        self.last_error: str | None = None
+        self._checked = time.monotonic()
+        self._entities: dict[Principal, cedarpy.Entities] = {}
+        self._stamp = self._stamps()
+        self._load()
+
+    @property
+    def active(self) -> bool:
+        return bool(self.files)
+
+    def _stamps(self) -> list[tuple[int, int] | None]:
+        stamps: list[tuple[int, int] | None] = []
+        for f in self.files:
+            try:
+                st = f.path.stat()
+                stamps.append((st.st_mtime_ns, st.st_size))
+            except OSError:
+                stamps.append(None)
+        return stamps
+
+    def _load(self) -> None:
+        enforced: list[PolicySource] = []
+        shadow: list[PolicySource] = []
+        for f in self.files:
+            (shadow if f.shadow else enforced).extend(load_file(f.path))
+        if self.schema is not None:
+            self._validate(enforced + shadow)
+        self.enforced = _Compiled(enforced)
+        self.ungated = _Compiled([s for s in enforced if not s.gate])
+        self.with_shadow = _Compiled(enforced + shadow) if shadow else None
+        self.sources = enforced + shadow
+
+    def _validate(self, sources: list[PolicySource]) -> None:
+        assert self.schema is not None
+        try:
+            schema_text = self.schema.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise PolicyError(f"cannot read schema {self.schema}: {exc.strerror}") from None
+        compiled = _Compiled(sources)
+        try:
+            result = cedarpy.validate_policies("\n".join(s.text for s in sources), schema_text)
+        except ValueError as exc:
+            raise PolicyError(f"{self.schema}: {exc}") from None
+        if not result.validation_passed:
+            first = result.errors[0]
+            where = "schema"
+            if first.policy_id.startswith("policy"):
+                src = compiled.source(first.policy_id)
+                where = f"{src.file}:{src.line}"
+            raise PolicyError(f"{where}: does not match the schema {self.schema}: {first.error}")
+
+    def refresh(self) -> None:
+        """Reload the files if they changed (checked at most every ``reload_interval``).
+        A change that does not parse is logged and the policies in force stay."""
+        now = time.monotonic()
+        if now - self._checked < self.reload_interval:
+            return
+        self._checked = now
+        stamp = self._stamps()
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp
+        try:
+            self._load()
+        except PolicyError as exc:
+            self.last_error = exc.message
+            log.error("policy files changed but were not reloaded: %s", exc.message)
+        else:
+            self.last_error = None
+            log.info("policies reloaded: %d in force", len(self.enforced.sources))
+
+    # -- deciding -----------------------------------------------------------------------
+
+    def entities(self, principal: Principal) -> cedarpy.Entities:
+        found = self._entities.get(principal)
+        if found is None:
+            attrs = {"tenant": principal.tenant, "roles": sorted(principal.roles), "kind": principal.kind,
+                     **{k: cedar_value(v) for k, v in principal.attributes.items()}}
+            entity = {
+                "uid": {"type": principal.entity_type, "id": principal.id},
+                "attrs": attrs,
+                "parents": [{"type": "Role", "id": r} for r in sorted(principal.roles)],
+            }
+            found = self._entities[principal] = cedarpy.Entities.from_json_str(json.dumps([entity]))
+        return found
+
+    def decide(self, request: PolicyRequest) -> Verdict:
+        self.refresh()
+        entities = self.entities(request.principal)
+        cedar_request = {
+            "principal": f"{request.principal.entity_type}::{json.dumps(request.principal.id)}",
+            "action": request.action_uid,
+            "resource": request.resource_uid,
+            "context": json.dumps(cedar_value({**request.context, "args": request.args})),
+        }
+        if not self.enforced.sources:
+            verdict = Verdict("allow")  # nothing is enforced: shadow policies only watch
+        else:
+            verdict = self._decide(self.enforced, self.ungated, cedar_request, entities)
+        if self.with_shadow is not None:
+            would = self._decide(self.with_shadow, None, cedar_request, entities)
+            if would.effect != verdict.effect:
+                verdict = Verdict(
+                    verdict.effect, verdict.policies, verdict.errors + would.errors, verdict.approvers,
+                    verdict.expires_after, verdict.escalate_to, would.effect, would.policies,
+                )
+        return verdict
+
+    def _decide(self, full: _Compiled, ungated: _Compiled | None, request: dict[str, Any],
+                entities: cedarpy.Entities) -> Verdict:
+        allowed, deciders, errors = full.evaluate(request, entities)
+        ids = tuple(s.id for s in deciders)
+        if allowed:
+            return Verdict("allow", ids, tuple(errors))
+        gates = [s for s in deciders if s.gate]
+        if not deciders or len(gates) < len(deciders):
+            return Verdict("deny", ids, tuple(errors))
+        if ungated is None:  # shadow mode: the gates would ask for approval if nothing else denies
+            ungated = _Compiled([s for s in full.sources if not s.gate])
+        open_allowed, open_deciders, open_errors = ungated.evaluate(request, entities)
+        if not open_allowed:
+            return Verdict("deny", tuple(s.id for s in open_deciders), tuple(errors + open_errors))
+        approvers = _all_of(gates)
+        if not approvers:
+            return Verdict("deny", ids, (*errors, "the approval policies that apply name no approver "
+                                                  "in common, so nobody could approve this step"))
+        expiries = [g.expires_after for g in gates if g.expires_after is not None]
+        escalate = tuple(dict.fromkeys(e for g in gates for e in g.escalate_to))
+        return Verdict("approval", ids, tuple(errors), approvers, min(expiries) if expiries else None, escalate)
+
+
+def _all_of(gates: list[PolicySource]) -> tuple[str, ...]:
+    """Approvers that satisfy every gate: with one gate, its list; with several, the
+    entries all of them name (a person must be allowed by each)."""
+    common = list(gates[0].approvers)
+    for gate in gates[1:]:
+        common = [a for a in common if a in gate.approvers]
+    return tuple(common)
