@@ -64,13 +64,13 @@ class Directory:
     def get(self, principal_id: str) -> Principal | None:
         return self._by_id.get(principal_id)
 
-    def require(self, principal_id: str | None, *, what: str = "principal") -> Principal:
+    def require(self, principal_id: str | None) -> Principal:
         """The principal, or a :class:`UsageError` a person can act on."""
         if not principal_id:
-            raise UsageError(f"say who the {what} is (--as ID); known principals: {self.names()}")
+            raise UsageError(f"say who is acting: --as ID (known principals: {self.names()})")
         found = self._by_id.get(principal_id)
         if found is None:
-            raise UsageError(f"unknown {what} {principal_id!r}; known principals: {self.names()}")
+            raise UsageError(f"unknown principal {principal_id!r} (known principals: {self.names()})")
         return found
 
     def names(self) -> str:

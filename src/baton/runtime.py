@@ -142,7 +142,7 @@ class Baton:
         directory = self.governance.directory
         if not len(directory) and not self.governance.enforcing:
             return principal, tenant
-        found = directory.require(principal, what="principal the run acts for")
+        found = directory.require(principal)
         if tenant is not None and tenant != found.tenant:
             raise UsageError(f"{found.id} belongs to tenant {found.tenant!r}, not {tenant!r}")
         return found.id, found.tenant

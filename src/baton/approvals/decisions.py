@@ -33,7 +33,7 @@ def _when(epoch: float | None) -> str:
 
 
 def decide(baton: Baton, approval_id: str, *, principal: str, approve: bool, reason: str) -> ApprovalRecord:
-    who = baton.governance.directory.require(principal, what="approver")
+    who = baton.governance.directory.require(principal)
     verb = "approve" if approve else "deny"
     reason = reason.strip()
     if not reason:

@@ -10,7 +10,9 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
+from ..approvals.decisions import describe_approvers
 from ..engine.execution import Listener
 from ..errors import BatonError, UsageError
 from ..journal import RunStatus, decode
@@ -18,7 +20,15 @@ from ..journal import events as ev
 from ..runtime import Baton
 from ..settings import Settings
 from ..store import RunRecord, SqliteStore, sqlite_path
-from .render import TimelineRenderer, run_json, runs_table, status_text, timeline_table
+from .render import (
+    TimelineRenderer,
+    approval_text,
+    approvals_table,
+    run_json,
+    runs_table,
+    status_text,
+    timeline_table,
+)
 
 app = typer.Typer(
     name="baton", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -43,7 +53,11 @@ def _main(
 runs_app = typer.Typer(no_args_is_help=True, help="Inspect runs.")
 audit_app = typer.Typer(no_args_is_help=True, help="Prove the record was not edited.")
 db_app = typer.Typer(no_args_is_help=True, help="The database schema.")
+approvals_app = typer.Typer(no_args_is_help=True, help="Approval requests waiting for a person.")
+policy_app = typer.Typer(no_args_is_help=True, help="Principals, policies and limits (baton.toml).")
 app.add_typer(runs_app, name="runs")
+app.add_typer(approvals_app, name="approvals")
+app.add_typer(policy_app, name="policy")
 app.add_typer(audit_app, name="audit")
 app.add_typer(db_app, name="db")
 
@@ -56,6 +70,7 @@ DatabaseOpt = Annotated[
                  help="Database URL, e.g. sqlite:///.baton/baton.db"),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+AsOpt = Annotated[str | None, typer.Option("--as", help="Who is acting: a principal of baton.toml.")]
 
 
 def _baton(db: str | None, *, must_exist: bool = False) -> Baton:
@@ -106,13 +121,19 @@ def _progress_printer(*, tagged: bool = False) -> Listener:
     return listener
 
 
-def _report(record: RunRecord) -> int:
+def _report(record: RunRecord, baton: Baton | None = None) -> int:
     status = record.status
     out.print(f"run [bold]{record.run_id}[/] is {status_text(status.value)}", highlight=False)
     if status in (RunStatus.PENDING, RunStatus.RUNNING):
         out.print(f"  another worker is executing it: [bold]baton runs show {record.run_id}[/]")
     elif status is RunStatus.SLEEPING:
         out.print("  a worker will continue it when its timer fires: [bold]baton worker[/]")
+    elif status is RunStatus.WAITING and record.waiting_for == "approval":
+        for request in baton.store.list_approvals(run_id=record.run_id) if baton else []:
+            out.print(f"  waiting for approval [bold]{request.approval_id}[/] ({escape(request.title)}), which "
+                      f"{escape(describe_approvers(request.approvers))} may decide:\n"
+                      f"    [bold]baton approve {request.approval_id} --as NAME --reason \"...\"[/]  or  "
+                      f"[bold]baton deny {request.approval_id} --as NAME --reason \"...\"[/]", highlight=False)
     elif status is RunStatus.WAITING:
         out.print(f"  send it the signal: [bold]baton signal {record.run_id} {record.waiting_for} --data JSON[/]")
     elif status is RunStatus.NEEDS_ATTENTION:
@@ -127,7 +148,8 @@ def _report(record: RunRecord) -> int:
 def run(
     target: Annotated[str, typer.Argument(help="FILE.py:WORKFLOW or module:WORKFLOW")],
     input: Annotated[str | None, typer.Option("--input", "-i", help="Input as JSON, or @file.json")] = None,
-    principal: Annotated[str | None, typer.Option("--as", help="Who the run acts for.")] = None,
+    principal: Annotated[str | None, typer.Option("--as", help="Who the run acts for (a principal of "
+                                                                "baton.toml).")] = None,
     wait: Annotated[bool, typer.Option(help="Wait out long timers instead of leaving them to a worker.")] = False,
     db: DatabaseOpt = None,
 ) -> None:
@@ -144,7 +166,7 @@ def run(
             err.print(f"interrupted: run {run_id} is saved; continue it with `baton resume {run_id}` "
                       "or `baton worker`", highlight=False)
             raise typer.Exit(130) from None
-        raise typer.Exit(_report(record))
+        raise typer.Exit(_report(record, baton))
 
 
 @app.command()
@@ -174,7 +196,7 @@ def resume(run_id: str, db: DatabaseOpt = None) -> None:
     """Continue a run here and now (e.g. after resolving it)."""
     with _baton(db, must_exist=True) as baton:
         record = baton.drive(run_id, listener=_progress_printer())
-        raise typer.Exit(_report(record))
+        raise typer.Exit(_report(record, baton))
 
 
 @app.command()
@@ -187,7 +209,7 @@ def cancel(run_id: str, db: DatabaseOpt = None) -> None:
         if record.status is not RunStatus.CANCELLED:
             out.print(f"cancellation of {run_id} requested; the worker running it will stop it at its next step")
             return
-        raise typer.Exit(_report(record))
+        raise typer.Exit(_report(record, baton))
 
 
 @app.command("signal")
@@ -221,7 +243,90 @@ def resolve(
         baton.resolve_step(run_id, step, applied=applied, result=_parse_json(result, "--result"),
                            by=by, note=note)
         record = baton.drive(run_id, listener=_progress_printer())
-        raise typer.Exit(_report(record))
+        raise typer.Exit(_report(record, baton))
+
+
+@approvals_app.command("list")
+def approvals_list(
+    principal: AsOpt = None,
+    status: Annotated[str, typer.Option(help="pending, approved, denied, expired, withdrawn or all.")] = "pending",
+    as_json: JsonOpt = False,
+    db: DatabaseOpt = None,
+) -> None:
+    """List approval requests: with --as, the pending ones that principal may decide."""
+    if status not in ("pending", "approved", "denied", "expired", "withdrawn", "all"):
+        raise UsageError(f"--status must be pending, approved, denied, expired, withdrawn or all, not {status!r}")
+    with _baton(db, must_exist=True) as baton:
+        found = baton.approvals(principal, status=None if status == "all" else status)
+        if as_json:
+            print(json.dumps([a.to_json() for a in found], indent=2))
+        elif not found:
+            out.print(f"no {status if status != 'all' else ''} approval requests"
+                      + (f" that {principal} may decide" if principal and status == "pending" else ""))
+        else:
+            out.print(approvals_table(found))
+
+
+@approvals_app.command("show")
+def approvals_show(approval_id: str, principal: AsOpt = None, as_json: JsonOpt = False,
+                   db: DatabaseOpt = None) -> None:
+    """Show one approval request: what, why, evidence, who asked, who may decide."""
+    with _baton(db, must_exist=True) as baton:
+        request = baton.get_approval(approval_id, principal)
+        if as_json:
+            print(json.dumps(request.to_json(), indent=2))
+            return
+        out.print(approval_text(request), highlight=False)
+
+
+def _decide(approval_id: str, principal: str, reason: str, db: str | None, *, approve: bool) -> None:
+    with _baton(db, must_exist=True) as baton:
+        decided = baton.decide(approval_id, principal=principal, approve=approve, reason=reason)
+        verb = "[green]approved[/]" if approve else "[red]denied[/]"
+        out.print(f"approval [bold]{decided.approval_id}[/] {verb} by {escape(principal)}; run "
+                  f"{decided.run_id} continues when a worker picks it up "
+                  f"([bold]baton worker[/] or [bold]baton resume {decided.run_id}[/])", highlight=False)
+
+
+ReasonOpt = Annotated[str, typer.Option("--reason", help="Why: kept in the audit trail.")]
+RequiredAs = Annotated[str, typer.Option("--as", help="Who decides: a principal of baton.toml.")]
+
+
+@app.command()
+def approve(approval_id: str, principal: RequiredAs, reason: ReasonOpt, db: DatabaseOpt = None) -> None:
+    """Approve a pending request (not your own; only if policy names you as an approver)."""
+    _decide(approval_id, principal, reason, db, approve=True)
+
+
+@app.command()
+def deny(approval_id: str, principal: RequiredAs, reason: ReasonOpt, db: DatabaseOpt = None) -> None:
+    """Deny a pending request: the step fails with ApprovalDenied."""
+    _decide(approval_id, principal, reason, db, approve=False)
+
+
+@policy_app.command("check")
+def policy_check(config: Annotated[Path | None, typer.Option(help="The config file (default: BATON_CONFIG "
+                                                                       "or ./baton.toml).")] = None) -> None:
+    """Parse and validate baton.toml and its policy files; exit 1 naming the first mistake."""
+    from ..config import Governance
+
+    governance = Governance.load(config)
+    if governance.source is None:
+        raise UsageError("no baton.toml here (set BATON_CONFIG or pass --config)")
+    engine = governance.policies
+    out.print(f"{governance.source}: {len(governance.directory)} principals", highlight=False)
+    if engine is None:
+        out.print("  no policy files: every step is allowed")
+    else:
+        for source in engine.sources:
+            shadow = " [dim](shadow)[/]" if any(f.shadow and str(f.path) == source.file for f in engine.files) else ""
+            gate = f" [yellow]needs approval by {escape(describe_approvers(list(source.approvers)))}[/]" \
+                if source.gate else ""
+            out.print(f"  {source.effect:6} {escape(source.id)} [dim]{escape(source.file)}:{source.line}[/]"
+                      f"{gate}{shadow}", highlight=False)
+    if governance.limits:
+        out.print(f"  limits per run: {governance.limits.to_json()}", highlight=False)
+    out.print("[green]✓ valid[/]")
 
 
 @runs_app.command("list")

@@ -10,6 +10,8 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
+from ..approvals import ApprovalRecord
+from ..approvals.decisions import describe_approvers
 from ..engine.owner import describe_owner
 from ..journal import events as ev
 from ..store import RunRecord
@@ -19,6 +21,9 @@ STATUS_STYLE = {
     "needs_attention": "bold yellow", "completed": "green", "failed": "bold red",
     "cancelled": "magenta",
 }
+
+
+_VERBS = {"allow": "allow it", "deny": "deny it", "approval": "hold it for approval"}
 
 
 def short(value: Any, limit: int = 80) -> str:
@@ -98,6 +103,27 @@ class TimelineRenderer:
             case ev.Compensated(step_id=sid):
                 ok = "undone" if event.ok else f"undo failed: {event.error.message if event.error else ''}"
                 return f"[magenta]↶ step {sid}[/] {escape(event.name)} {escape(ok)}"
+            case ev.PolicyDecided(step_id=sid):
+                self.names[sid], self.args[sid] = event.tool, event.args
+                return self.policy_line(event)
+            case ev.ApprovalRequested(step_id=sid):
+                who = f" for [bold]{escape(event.requester)}[/]" if event.requester else ""
+                return (f"[bold yellow]✋ step {sid}[/] approval [bold]{event.approval_id}[/] requested{who}: "
+                        f"{escape(event.title)} [dim](may decide: {escape(describe_approvers(event.approvers))}; "
+                        f"expires {when(event.expires_at)})[/]")
+            case ev.ApprovalGranted(step_id=sid):
+                return (f"[green]✓ step {sid}[/] approval {event.approval_id} [bold]granted by "
+                        f"{escape(event.by)}[/]: {escape(event.reason)}")
+            case ev.ApprovalDenied(step_id=sid):
+                who = f"denied by {escape(event.by)}" if event.by else "expired"
+                return f"[red]✗ step {sid}[/] approval {event.approval_id} [bold]{who}[/]: {escape(event.reason)}"
+            case ev.ApprovalEscalated(step_id=sid):
+                return (f"[yellow]↑ step {sid}[/] approval {event.approval_id} expired undecided; escalated to "
+                        f"{escape(describe_approvers(event.approvers))} until {when(event.expires_at)}")
+            case ev.ApprovalWithdrawn(step_id=sid):
+                return f"[yellow]↺ step {sid}[/] approval {event.approval_id} withdrawn: {escape(event.reason)}"
+            case ev.ApprovalConsumed(step_id=sid):
+                return f"[dim]· step {sid} runs on approval {event.approval_id}[/]"
             case ev.RunCompleted():
                 return f"[bold green]■ completed[/] → {escape(short(event.result, 120))}"
             case ev.RunFailed():
@@ -105,6 +131,28 @@ class TimelineRenderer:
             case ev.RunCancelled():
                 return f"[magenta]■ cancelled[/]: {escape(event.reason)}"
         return f"{type(event).__name__}"
+
+    @staticmethod
+    def policy_line(event: ev.PolicyDecided) -> str:
+        by = ", ".join(event.policies)
+        shadow = ""
+        if event.shadow_effect is not None:
+            shadow = (f" [dim](shadow policies would {_VERBS[event.shadow_effect]}"
+                      f"{' by ' + escape(', '.join(event.shadow_policies)) if event.shadow_policies else ''})[/]")
+        call = escape(call_text(event.tool, event.args))
+        role = f" as {escape(event.role)}" if event.role else ""
+        if event.effect == "allow":
+            return f"[dim]⚖ step {event.step_id} {call}{role} allowed{' by ' + escape(by) if by else ''}[/]{shadow}"
+        if event.effect == "approval":
+            return (f"[yellow]⚖ step {event.step_id}[/] {call}{role} [bold]held for approval[/] by "
+                    f"{escape(by)}{shadow}")
+        why = escape(by) if by else "no policy permits it"
+        errors = f" [dim]({escape('; '.join(event.errors))})[/]" if event.errors else ""
+        return f"[red]⛔ step {event.step_id}[/] {call}{role} [bold]denied[/]: {why}{errors}{shadow}"
+
+
+def when(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def timeline_table(rows: list[tuple[int, str, ev.Event]]) -> Table:
@@ -143,3 +191,36 @@ def run_json(record: RunRecord) -> dict[str, Any]:
         "waiting_for": record.waiting_for, "outcome": outcome, "owner": record.owner,
         "cancel_requested": record.cancel_requested,
     }
+
+
+def approvals_table(requests: list[ApprovalRecord]) -> Table:
+    table = Table(header_style="bold", box=None)
+    for column in ("approval", "status", "what", "asked by", "may decide", "expires (UTC)", "run"):
+        table.add_column(column, overflow="fold")
+    for a in requests:
+        what = a.title if a.tool is None else call_text(a.tool, a.args)
+        status = a.status if not a.decided_by else f"{a.status} by {a.decided_by}"
+        table.add_row(a.approval_id, escape(status), escape(what), escape(a.requester or ""),
+                      escape(describe_approvers(a.approvers)), when(a.expires_at)[:-4], a.run_id)
+    return table
+
+
+def approval_text(a: ApprovalRecord) -> str:
+    lines = [
+        f"[bold]approval {a.approval_id}[/]  {escape(a.status)}",
+        f"  what:       {escape(a.title if a.tool is None else call_text(a.tool, a.args))}",
+        f"  why:        {escape(', '.join(a.policies) or 'the workflow asked for it')}",
+        f"  asked by:   {escape(a.requester or '-')} (tenant {escape(a.tenant or '-')}), "
+        f"run {a.run_id} step {a.step_id}",
+        f"  may decide: {escape(describe_approvers(a.approvers))}",
+        f"  expires:    {when(a.expires_at)}"
+        + (f"; then {escape(describe_approvers(a.escalate_to))} may decide" if a.request_escalates else ""),
+    ]
+    if a.evidence is not None:
+        lines.append(f"  evidence:   {escape(short(a.evidence, 400))}")
+    if a.decided_by or a.decided_at:
+        lines.append(f"  decided:    {escape(a.status)} by {escape(a.decided_by or 'expiry')} at "
+                     f"{when(a.decided_at or 0)}: {escape(a.reason or '')}")
+    if a.consumed_at:
+        lines.append(f"  used:       at {when(a.consumed_at)}")
+    return "\n".join(lines)

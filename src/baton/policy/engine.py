@@ -141,7 +141,7 @@ class PolicyEngine:
         self.reload_interval = reload_interval
         self.last_error: str | None = None
         self._checked = time.monotonic()
-        self._entities: dict[Principal, cedarpy.Entities] = {}
+        self._entities: dict[str, cedarpy.Entities] = {}
         self._stamp = self._stamps()
         self._load()
 
@@ -213,7 +213,7 @@ class PolicyEngine:
     # -- deciding -----------------------------------------------------------------------
 
     def entities(self, principal: Principal) -> cedarpy.Entities:
-        found = self._entities.get(principal)
+        found = self._entities.get(principal.id)
         if found is None:
             attrs = {"tenant": principal.tenant, "roles": sorted(principal.roles), "kind": principal.kind,
                      **{k: cedar_value(v) for k, v in principal.attributes.items()}}
@@ -222,7 +222,7 @@ class PolicyEngine:
                 "attrs": attrs,
                 "parents": [{"type": "Role", "id": r} for r in sorted(principal.roles)],
             }
-            found = self._entities[principal] = cedarpy.Entities.from_json_str(json.dumps([entity]))
+            found = self._entities[principal.id] = cedarpy.Entities.from_json_str(json.dumps([entity]))
         return found
 
     def decide(self, request: PolicyRequest) -> Verdict:
