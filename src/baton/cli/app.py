@@ -425,11 +425,15 @@ def db_status(db: DatabaseOpt = None) -> None:
 
 
 @app.command()
-def demo() -> None:
-    """Tell the refund story, offline, with a real crash in the middle (in .baton/demo)."""
+def demo(
+    interactive: Annotated[bool, typer.Option("--interactive", help="Wait for you to approve the refund as "
+                                              "Bob from another terminal.")] = False,
+) -> None:
+    """Tell the refund story, offline: a policy holds it, Bob approves, a worker is killed
+    mid-refund and another finishes it (in .baton/demo)."""
     from ..demo.story import run_demo
 
-    raise typer.Exit(run_demo(out))
+    raise typer.Exit(run_demo(out, interactive=interactive))
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
 Alice, in support, asks Baton to refund $120 on order 98765 (ticket T-4321). The workflow
 checks the order and the payment, issues the refund, e-mails the receipt and notes the
-ticket in the CRM. Approvals and policy (refunds over $100 need a manager) come next.
+ticket in the CRM. Policy (``policies/refunds.cedar``) holds refunds over $100 for a manager.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ def check_payment(order_id: str) -> dict[str, Any]:
     return {"payment_id": order["payment_id"], "captured": order["amount"], "refundable": refundable}
 
 
-@tool(idempotent=True, retries=3, timeout=5.0)
+@tool(idempotent=True, retries=3, timeout=5.0, role="support-refund-limited",
+      resource="Order::{order_id}", cost=lambda amount: amount)
 def issue_refund(order_id: str, amount: float, *, idempotency_key: str) -> dict[str, Any]:
     """Move money back to the customer. The payment service honours idempotency keys."""
     receipt = Services.from_env().refund(order_id, amount, idempotency_key)

@@ -8,14 +8,19 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
+from importlib import resources
 from pathlib import Path
 
 from rich.console import Console
 from rich.rule import Rule
 
+from ..approvals import ApprovalRecord
 from ..audit import verify
 from ..cli.render import TimelineRenderer, status_text, timeline_table
+from ..config import Governance
 from ..journal import decode
+from ..journal import events as ev
 from ..runtime import Baton
 from ..settings import Settings
 from .services import PAUSE_ENV, SERVICES_ENV, Services
@@ -65,15 +70,49 @@ def _wait(proc: subprocess.Popen[bytes], tail: _Tail, label: str, until: float,
     raise DemoFailed(f"{label} did not finish in time")
 
 
-def run_demo(console: Console, *, root: Path = DEMO_DIR) -> int:
+def run_demo(console: Console, *, root: Path = DEMO_DIR, interactive: bool = False) -> int:
     try:
-        return _story(console, root=root)
+        return _story(console, root=root, interactive=interactive)
     except DemoFailed as exc:
         console.print(f"[bold red]demo failed:[/] {exc}")
         return 1
 
 
-def _story(console: Console, *, root: Path) -> int:
+def _governance_files(root: Path) -> Path:
+    """Copy the demo's baton.toml and policy file next to its database, for people to read."""
+    package = resources.files("baton.demo")
+    (root / "policies").mkdir(exist_ok=True)
+    for name in ("baton.toml", "policies/refunds.cedar"):
+        (root / name).write_text(package.joinpath(name).read_text(encoding="utf-8"), encoding="utf-8")
+    return root / "baton.toml"
+
+
+def _approval(baton: Baton, run_id: str, console: Console, command: str, env_prefix: str, *,
+              interactive: bool) -> ApprovalRecord:
+    """Bob decides: automatically, or from another terminal with ``--interactive``."""
+    pending = baton.store.list_approvals(run_id=run_id)
+    if not pending:
+        raise DemoFailed("the run is waiting but no approval request was found")
+    request = pending[0]
+    approve = (f"{env_prefix} {command} approve {request.approval_id} --as bob "
+               f"--reason \"Customer is a long-standing account; refund confirmed\"")
+    if not interactive:
+        console.print(f"\n  [bold magenta][auto][/] Bob (manager) approves, exactly as this command would "
+                      f"(run [bold]baton demo --interactive[/] to type it yourself):\n  {approve}\n",
+                      highlight=False)
+        return baton.decide(request.approval_id, principal="bob", approve=True,
+                            reason="Customer is a long-standing account; refund confirmed")
+    console.print(f"\n  The run waits durably; no process holds it. In another terminal, as Bob:\n  {approve}\n"
+                  f"  (or deny it with [bold]{command} deny {request.approval_id} --as bob --reason ...[/])\n"
+                  "  Waiting for the decision…", highlight=False)
+    while True:
+        found = baton.store.get_approval(request.approval_id)
+        if found is not None and found.status != "pending":
+            return found
+        time.sleep(0.2)
+
+
+def _story(console: Console, *, root: Path, interactive: bool) -> int:
     started = time.monotonic()
     root = root.resolve()
     root.mkdir(parents=True, exist_ok=True)
@@ -83,41 +122,61 @@ def _story(console: Console, *, root: Path) -> int:
             path.unlink()
     services = Services(services_path)
     services.seed()
+    config = _governance_files(root)
     url = f"sqlite:///{db_path}"
-    baton = Baton(Settings(database_url=url))
-    env = {**os.environ, "BATON_DATABASE_URL": url, SERVICES_ENV: str(services_path)}
+    baton = Baton(Settings(database_url=url), governance=Governance.load(config))
+    env = {**os.environ, "BATON_DATABASE_URL": url, "BATON_CONFIG": str(config),
+           SERVICES_ENV: str(services_path)}
+    command = shutil.which("baton") or str(Path(sys.executable).parent / "baton")
+    env_prefix = f"BATON_DATABASE_URL={url} BATON_CONFIG={config}"
 
     console.print(Rule("[bold]Baton demo: a refund that survives a crash"))
     console.print(
         "Alice (support) asks to refund [bold]$120[/] on order [bold]98765[/] (ticket T-4321). "
         "The workflow checks the order and the payment, issues the refund through a payment "
         "service that honours idempotency keys, e-mails the receipt (the mail server fails once) "
-        "and notes the ticket in the CRM. Every step is journaled before Baton moves on.\n"
+        "and notes the ticket in the CRM. Every step is journaled before Baton moves on, and "
+        f"checked first against the Cedar policies in {config.parent / 'policies' / 'refunds.cedar'}: "
+        "refunds over $100 need a manager.\n"
     )
     run_id = baton.start(WORKFLOW, {"order_id": "98765", "amount": 120.0, "ticket": "T-4321"},
-                         principal="alice", tenant="acme")
+                         principal="alice")
     console.print(f"run [bold]{run_id}[/] started for alice; worker 1 picks it up\n", highlight=False)
     tail = _Tail(baton, run_id, console)
 
+    holder = _worker(env)
+    _wait(holder, tail, "worker 1", time.monotonic() + 30)
+    if baton.get_run(run_id).waiting_for != "approval":
+        raise DemoFailed("policy did not hold the refund for approval: "
+                         + (holder.stderr.read().decode() if holder.stderr else ""))
+    decision = _approval(baton, run_id, console, command, env_prefix, interactive=interactive)
+    tail.poll("bob     ")
+    if decision.status != "approved":
+        console.print(f"\n  The refund was {decision.status}; worker 2 lets the workflow see it.\n")
+        _wait(_worker(env), tail, "worker 2", time.monotonic() + 30)
+        baton.close()
+        return 0
+
+    console.print("\nWorker 2 continues the approved run:\n")
     first = _worker({**env, PAUSE_ENV: str(marker)})
-    _wait(first, tail, "worker 1", time.monotonic() + 30, marker=marker)
+    _wait(first, tail, "worker 2", time.monotonic() + 30, marker=marker)
     if not marker.exists():
-        raise DemoFailed("worker 1 stopped before reaching the refund: "
+        raise DemoFailed("worker 2 stopped before reaching the refund: "
                          + (first.stderr.read().decode() if first.stderr else ""))
     txn = marker.read_text()
     console.print(
         f"\n  [bold]The payment service has refunded $120 ({txn}), but Baton has not recorded it yet.[/]\n"
-        f"  [bold red]Killing worker 1 (pid {first.pid}) with SIGKILL.[/]"
+        f"  [bold red]Killing worker 2 (pid {first.pid}) with SIGKILL.[/]"
     )
     os.kill(first.pid, signal.SIGKILL)
     first.wait()
     record = baton.get_run(run_id)
-    console.print(f"  worker 1 is dead; the run is still {status_text(record.status.value)} "
+    console.print(f"  worker 2 is dead; the run is still {status_text(record.status.value)} "
                   f"with {record.head_seq} events in its journal.\n", highlight=False)
 
-    console.print("Worker 2 starts, sees that the run's owner is gone, and takes over:\n")
+    console.print("Worker 3 starts, sees that the run's owner is gone, and takes over:\n")
     second = _worker(env)
-    _wait(second, tail, "worker 2", time.monotonic() + 30)
+    _wait(second, tail, "worker 3", time.monotonic() + 30)
     record = baton.get_run(run_id)
     if not record.status.terminal:
         raise DemoFailed(f"the run is {record.status.value} after worker 2 finished")
@@ -133,7 +192,17 @@ def _story(console: Console, *, root: Path) -> int:
     requests = services.refund_requests()
     attempts = services.email_attempts()
     notes = services.notes()
+    events = [decode(r) for r in rows]
+    held = [e for e in events if isinstance(e, ev.PolicyDecided) and e.effect == "approval"]
+    granted = [e for e in events if isinstance(e, ev.ApprovalGranted)]
+    consumed = [e for e in events if isinstance(e, ev.ApprovalConsumed)]
+    approved_at = datetime.fromtimestamp(decision.decided_at or 0, UTC).strftime("%H:%M:%S UTC")
     checks = [
+        (len(held) == 1 and held[0].principal == "alice",
+         f"alice requested it; policy {', '.join(held[0].policies) if held else '?'} held it for a manager"),
+        (len(granted) == 1 and granted[0].by == "bob",
+         f"bob approved at {approved_at}: \"{granted[0].reason if granted else ''}\""),
+        (len(consumed) == 1, "the approval was used exactly once, in the same write as the refund's start"),
         (len(refunds) == 1,
          f"order 98765 was refunded exactly once: {', '.join(f'{t} ${a:.2f}' for t, _, a in refunds)}"),
         (len(requests) >= 2 and sum(r[1] for r in requests) == len(requests) - 1,
@@ -151,9 +220,9 @@ def _story(console: Console, *, root: Path) -> int:
     for ok, text in checks:
         console.print(f"  {'[green]✓[/]' if ok else '[bold red]✗[/]'} {text}", highlight=False)
     elapsed = time.monotonic() - started
-    command = shutil.which("baton") or str(Path(sys.executable).parent / "baton")
     console.print(f"\nDone in {elapsed:.1f}s. Explore it yourself:\n"
-                  f"  BATON_DATABASE_URL={url} {command} runs show {run_id}\n"
-                  f"  BATON_DATABASE_URL={url} {command} audit verify", highlight=False)
+                  f"  {env_prefix} {command} runs show {run_id}\n"
+                  f"  {env_prefix} {command} approvals list --status all\n"
+                  f"  {env_prefix} {command} audit verify", highlight=False)
     baton.close()
     return 0 if all(ok for ok, _ in checks) else 1

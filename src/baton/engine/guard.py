@@ -142,14 +142,15 @@ class Guard:
             if self.wants_day:
                 day_count, day_total = self.x.store.tool_usage(
                     self.tenant, self.principal_id, tool.name, self.x.clock.time() - DAY)
+            cost = tool.cost_of(values) if tool.cost is not None else 0.0
             request = PolicyRequest(
                 principal=self.principal, tool=tool.name, resource=resource, args=args_json,
                 context={
-                    "tool": {"name": tool.name, "role": tool.role, "idempotent": tool.idempotent,
-                             "cost": tool.cost_of(values) if tool.cost is not None else 0.0},
+                    "tool": {"name": tool.name, "role": tool.role, "idempotent": tool.idempotent, "cost": cost},
                     "run": {"id": self.x.run_id, "steps": usage.steps, "spend": usage.spend},
-                    "history": {"run": {"count": run_count, "total": run_total},
-                                "day": {"count": day_count, "total": day_total}},
+                    # ``after``: the total with this call's cost added (Cedar cannot add decimals).
+                    "history": {"run": {"count": run_count, "total": run_total, "after": run_total + cost},
+                                "day": {"count": day_count, "total": day_total, "after": day_total + cost}},
                 },
             )
             verdict = engine.decide(request)
