@@ -38,7 +38,11 @@ def test_demo_tells_the_story(tmp_path: Path) -> None:
                           text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
-    assert "Killing worker 1" in out and "SIGKILL" in out
+    assert "Killing worker 2" in out and "SIGKILL" in out
+    assert "held for approval by refunds-over-100-need-a-manager" in out
+    assert "[auto] Bob (manager) approves" in out
+    assert "granted by bob" in out
+    assert "bob approved at" in out and "the approval was used exactly once" in out
     assert "taken over" in out
     assert "order 98765 was refunded exactly once" in out
     assert "failed once (SMTP 421) and the retry delivered it" in out
@@ -46,6 +50,40 @@ def test_demo_tells_the_story(tmp_path: Path) -> None:
     assert "✗" not in out.split("Proof")[1]
     services = sqlite3.connect(tmp_path / ".baton" / "demo" / "services.db")
     assert services.execute("SELECT COUNT(*) FROM refunds").fetchone()[0] == 1
+
+
+def test_interactive_demo_waits_for_a_real_approval(tmp_path: Path) -> None:
+    env = {**os.environ, "COLUMNS": "400"}
+    env.pop("BATON_CONFIG", None)
+    demo = subprocess.Popen([sys.executable, "-m", "baton", "demo", "--interactive"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        assert demo.stdout is not None
+        lines: list[str] = []
+        for line in demo.stdout:
+            lines.append(line)
+            if "Waiting for the decision" in line:
+                break
+        command = next(line for line in lines if " approve " in line and "--as bob" in line).split()
+        settings = dict(word.split("=", 1) for word in command if word.startswith("BATON_"))
+        approval_id = command[command.index("approve") + 1]
+        refused = subprocess.run([sys.executable, "-m", "baton", "approve", approval_id, "--as", "alice",
+                                  "--reason", "mine"], cwd=tmp_path, capture_output=True, text=True,
+                                 env={**env, **settings}, timeout=30)
+        assert refused.returncode == 1
+        assert "alice asked for approval" in refused.stderr and "Traceback" not in refused.stderr
+        approved = subprocess.run([sys.executable, "-m", "baton", "approve", approval_id, "--as", "bob",
+                                   "--reason", "checked the order"], cwd=tmp_path, capture_output=True,
+                                  text=True, env={**env, **settings}, timeout=30)
+        assert approved.returncode == 0, approved.stderr
+        rest, _ = demo.communicate(timeout=60)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    assert demo.returncode == 0, "".join(lines) + rest
+    assert 'bob approved at' in rest and '"checked the order"' in rest
+    assert "order 98765 was refunded exactly once" in rest
+    assert "✗" not in rest.split("Proof")[1]
 
 
 def test_example_runs_end_to_end(tmp_path: Path) -> None:

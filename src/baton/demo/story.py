@@ -97,7 +97,7 @@ def _approval(baton: Baton, run_id: str, console: Console, command: str, env_pre
     approve = (f"{env_prefix} {command} approve {request.approval_id} --as bob "
                f"--reason \"Customer is a long-standing account; refund confirmed\"")
     if not interactive:
-        console.print(f"\n  [bold magenta][auto][/] Bob (manager) approves, exactly as this command would "
+        console.print(f"\n  [bold magenta]\\[auto][/] Bob (manager) approves, exactly as this command would "
                       f"(run [bold]baton demo --interactive[/] to type it yourself):\n  {approve}\n",
                       highlight=False)
         return baton.decide(request.approval_id, principal="bob", approve=True,
