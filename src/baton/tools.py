@@ -9,6 +9,7 @@ retries with exponential backoff and jitter, a stable idempotency key, and optio
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import random
@@ -77,12 +78,21 @@ def _non_finite(value: Any, depth: int = 0) -> bool:
     return False
 
 
-def _call_with_accepted(fn: Callable[..., Any], values: dict[str, Any]) -> Any:
-    """Call ``fn`` with the subset of ``values`` its signature accepts."""
+@functools.lru_cache(maxsize=1024)
+def _accepted(fn: Callable[..., Any]) -> frozenset[str] | None:
+    """The keyword names ``fn`` accepts; ``None`` if it takes ``**kwargs``."""
     params = inspect.signature(fn).parameters
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return None
+    return frozenset(params)
+
+
+def _call_with_accepted(fn: Callable[..., Any], values: dict[str, Any]) -> Any:
+    """Call ``fn`` with the subset of ``values`` its signature accepts."""
+    names = _accepted(fn)
+    if names is None:
         return fn(**values)
-    return fn(**{k: v for k, v in values.items() if k in params})
+    return fn(**{k: v for k, v in values.items() if k in names})
 
 
 @dataclass(eq=False)

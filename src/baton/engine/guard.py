@@ -56,6 +56,8 @@ class Guard:
         """Index completed calls, so policies can count a principal's calls across runs."""
         self.usage = Usage()
         self.per_tool: dict[str, tuple[int, float]] = {}
+        self.costs: dict[int, float] = {}
+        """The cost of each call this execution checked, by step."""
         self._counted = 0
         policies = governance.policies
         self.wants_day = policies is not None and any("history.day" in s.text for s in policies.sources)
@@ -72,7 +74,9 @@ class Guard:
                 continue
             self.usage.steps += 1
             if rec.completed or rec.in_flight or rec.error is None:
-                cost = self.cost(tool, rec.args)
+                cost = self.costs.get(step_id)
+                if cost is None:
+                    cost = self.cost(tool, rec.args)
                 self.usage.spend += cost
                 if rec.completed:
                     count, total = self.per_tool.get(tool.name, (0, 0.0))
@@ -81,7 +85,17 @@ class Guard:
         self._counted = max(self._counted, x.position - 1)
         return self.usage
 
+    def cost_now(self, tool: Tool[Any, Any], values: dict[str, Any]) -> float:
+        if tool.cost is None:
+            return 0.0
+        try:
+            return tool.cost_of(values)
+        except Exception as exc:  # noqa: BLE001 - a broken cost function must not pass silently
+            raise Abort(BatonError(f"cost function of {tool.name} failed: {type(exc).__name__}: {exc}",
+                                   run_id=self.x.run_id)) from None
+
     def cost(self, tool: Tool[Any, Any], args: dict[str, Any]) -> float:
+        """The cost of a recorded call, from its recorded arguments."""
         if tool.cost is None:
             return 0.0
         try:
@@ -107,15 +121,18 @@ class Guard:
                 tool = self.x.tools.get(event.step_id)
                 rec = self.x.state.steps.get(event.step_id)
                 if tool is not None and rec is not None:
-                    rows.append(UsageRow(event.step_id, tool.name, self.cost(tool, rec.args)))
+                    cost = self.costs.get(event.step_id)
+                    if cost is None:
+                        cost = self.cost(tool, rec.args)
+                    rows.append(UsageRow(event.step_id, tool.name, cost))
         return rows
 
     # -- a new call ---------------------------------------------------------------------
 
     def check_budget(self, tool: Tool[Any, Any], values: dict[str, Any]) -> None:
+        cost = self.costs[self.x.position] = self.cost_now(tool, values)
         if not self.limits:
             return
-        cost = tool.cost_of(values) if tool.cost is not None else 0.0
         why = exceeded(self.limits, self.count(), age=self.x.clock.time() - self.created_at, cost=cost)
         if why is not None:
             raise Abort(BudgetExceeded(f"budget exceeded before step {self.x.position} ({tool.name}): {why}",
@@ -142,7 +159,9 @@ class Guard:
             if self.wants_day:
                 day_count, day_total = self.x.store.tool_usage(
                     self.tenant, self.principal_id, tool.name, self.x.clock.time() - DAY)
-            cost = tool.cost_of(values) if tool.cost is not None else 0.0
+            cost = self.costs.get(step_id)
+            if cost is None:
+                cost = self.costs[step_id] = self.cost_now(tool, values)
             request = PolicyRequest(
                 principal=self.principal, tool=tool.name, resource=resource, args=args_json,
                 context={

@@ -49,6 +49,10 @@ class PolicyRequest:
     """The facts the runtime adds: the tool, the run, the history of earlier calls."""
 
     @property
+    def principal_uid(self) -> str:
+        return f"{self.principal.entity_type}::{json.dumps(self.principal.id)}"
+
+    @property
     def action_uid(self) -> str:
         return f'Action::{json.dumps(self.tool)}'
 
@@ -87,37 +91,80 @@ def cedar_value(value: Any) -> Any:
     return str(value)
 
 
-class _Compiled:
-    """A list of policies parsed into one Cedar policy set; Cedar names them by position."""
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# A record literal (`{"amount": 5}`): comparing records would see keys the pruning dropped.
+_RECORD_LITERAL = re.compile(r'\{\s*"?[A-Za-z_][A-Za-z0-9_]*"?\s*:')
 
-    def __init__(self, sources: Sequence[PolicySource]) -> None:
-        self.sources = list(sources)
-        self.handle = cedarpy.PolicySet.from_str("\n".join(s.text for s in sources)) if sources else None
+
+def prune(value: dict[str, Any], words: frozenset[str]) -> dict[str, Any]:
+    """The context without attributes no policy names: Cedar reads attributes only by
+    name, so a key no policy text mentions cannot change a decision, and leaving it out
+    saves Cedar parsing it (decimals are costly)."""
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if key in words:
+            out[key] = prune(item, words) if isinstance(item, dict) else item
+    return out
+
+
+class _Slice:
+    """The policies that can apply to one action, parsed into one Cedar policy set (which
+    names them by position: ``policy0``, ``policy1``, …)."""
+
+    def __init__(self, sources: list[PolicySource]) -> None:
+        self.sources = sources
+        text = "\n".join(s.text for s in sources)
+        self.handle = cedarpy.PolicySet.from_str(text) if sources else None
+        self.words = None if _RECORD_LITERAL.search(text) else frozenset(_WORD.findall(text))
 
     def source(self, cedar_id: str) -> PolicySource:
         return self.sources[int(cedar_id.removeprefix("policy"))]
 
-    def evaluate(self, request: dict[str, Any], entities: cedarpy.Entities
+    def name_policies(self, error: str) -> str:
+        """Cedar's message with its positional policy names replaced by Baton's ids."""
+        return _ERRORED.sub(lambda m: f"policy `{self.source(m.group(1)).id}`", error)
+
+
+class _Compiled:
+    """A list of policies, evaluated one action at a time: only the policies whose scope
+    can match the action are given to Cedar (policy slicing)."""
+
+    def __init__(self, sources: Sequence[PolicySource]) -> None:
+        self.sources = list(sources)
+        self._slices: dict[str, _Slice] = {}
+        _Slice(self.sources)  # parse the whole set once, so that a mistake shows at load
+
+    def slice(self, action: str) -> _Slice:
+        found = self._slices.get(action)
+        if found is None:
+            found = self._slices[action] = _Slice(
+                [s for s in self.sources if s.actions is None or action in s.actions])
+        return found
+
+    def evaluate(self, request: PolicyRequest, context: dict[str, Any], entities: cedarpy.Entities
                  ) -> tuple[bool, list[PolicySource], list[str]]:
         """(allowed, the policies that decided, evaluation errors). Forbids that failed to
         evaluate count among the deciders and make the answer a denial."""
-        if self.handle is None:
+        part = self.slice(request.tool)
+        if part.handle is None:
             return False, [], []
-        result = cedarpy.is_authorized(request, self.handle, entities)
-        deciders = [self.source(pid) for pid in result.diagnostics.reasons]
+        cedar_request = {
+            "principal": request.principal_uid,
+            "action": request.action_uid,
+            "resource": request.resource_uid,
+            "context": json.dumps(cedar_value(context if part.words is None else prune(context, part.words))),
+        }
+        result = cedarpy.is_authorized(cedar_request, part.handle, entities)
+        deciders = [part.source(pid) for pid in result.diagnostics.reasons]
         errors = result.diagnostics.errors
         allowed = result.allowed
         for error in errors:
             match = _ERRORED.search(error)
-            if match and (failed := self.source(match.group(1))).effect == "forbid":
+            if match and (failed := part.source(match.group(1))).effect == "forbid":
                 if allowed:
                     allowed, deciders = False, []
                 deciders.append(failed)
-        return allowed, deciders, [self.name_policies(e) for e in errors]
-
-    def name_policies(self, error: str) -> str:
-        """Cedar's message with its positional policy names replaced by Baton's ids."""
-        return _ERRORED.sub(lambda m: f"policy `{self.source(m.group(1)).id}`", error)
+        return allowed, deciders, [part.name_policies(e) for e in errors]
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +224,7 @@ class PolicyEngine:
             schema_text = self.schema.read_text(encoding="utf-8")
         except OSError as exc:
             raise PolicyError(f"cannot read schema {self.schema}: {exc.strerror}") from None
-        compiled = _Compiled(sources)
+        compiled = _Slice(sources)
         try:
             result = cedarpy.validate_policies("\n".join(s.text for s in sources), schema_text)
         except ValueError as exc:
@@ -228,18 +275,13 @@ class PolicyEngine:
     def decide(self, request: PolicyRequest) -> Verdict:
         self.refresh()
         entities = self.entities(request.principal)
-        cedar_request = {
-            "principal": f"{request.principal.entity_type}::{json.dumps(request.principal.id)}",
-            "action": request.action_uid,
-            "resource": request.resource_uid,
-            "context": json.dumps(cedar_value({**request.context, "args": request.args})),
-        }
+        context = {**request.context, "args": request.args}
         if not self.enforced.sources:
             verdict = Verdict("allow")  # nothing is enforced: shadow policies only watch
         else:
-            verdict = self._decide(self.enforced, self.ungated, cedar_request, entities)
+            verdict = self._decide(self.enforced, self.ungated, request, context, entities)
         if self.with_shadow is not None:
-            would = self._decide(self.with_shadow, None, cedar_request, entities)
+            would = self._decide(self.with_shadow, None, request, context, entities)
             if would.effect != verdict.effect:
                 verdict = Verdict(
                     verdict.effect, verdict.policies, verdict.errors + would.errors, verdict.approvers,
@@ -247,9 +289,9 @@ class PolicyEngine:
                 )
         return verdict
 
-    def _decide(self, full: _Compiled, ungated: _Compiled | None, request: dict[str, Any],
-                entities: cedarpy.Entities) -> Verdict:
-        allowed, deciders, errors = full.evaluate(request, entities)
+    def _decide(self, full: _Compiled, ungated: _Compiled | None, request: PolicyRequest,
+                context: dict[str, Any], entities: cedarpy.Entities) -> Verdict:
+        allowed, deciders, errors = full.evaluate(request, context, entities)
         ids = tuple(s.id for s in deciders)
         if allowed:
             return Verdict("allow", ids, tuple(errors))
@@ -258,7 +300,7 @@ class PolicyEngine:
             return Verdict("deny", ids, tuple(errors))
         if ungated is None:  # shadow mode: the gates would ask for approval if nothing else denies
             ungated = _Compiled([s for s in full.sources if not s.gate])
-        open_allowed, open_deciders, open_errors = ungated.evaluate(request, entities)
+        open_allowed, open_deciders, open_errors = ungated.evaluate(request, context, entities)
         if not open_allowed:
             return Verdict("deny", tuple(s.id for s in open_deciders), tuple(errors + open_errors))
         approvers = _all_of(gates)

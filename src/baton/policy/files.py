@@ -8,11 +8,12 @@ that fails for a reason other than "end of input" holds the mistake.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 import cedarpy
+from cedarpy import pst
 
 from ..errors import PolicyError
 from .durations import parse_duration
@@ -33,6 +34,8 @@ class PolicySource:
     """From ``@approval("role:manager")``: this forbid is a gate a person may open."""
     expires_after: float | None = None
     escalate_to: tuple[str, ...] = ()
+    actions: frozenset[str] | None = None
+    """The actions (tools) the policy's scope names; ``None``: any action."""
 
     @property
     def gate(self) -> bool:
@@ -114,8 +117,19 @@ def parse_policies(text: str, file: str) -> list[PolicySource]:
         if parsed.templates:
             raise PolicyError(f"{file}:{line}: policy templates (?principal, ?resource) are not supported")
         (policy,) = parsed.static_policies.values()
-        sources.append(_source(policy.annotations, policy.effect, chunk.strip(), file, line))
+        source = _source(policy.annotations, policy.effect, chunk.strip(), file, line)
+        sources.append(replace(source, actions=_actions(policy.action)))
     return sources
+
+
+def _actions(scope: object) -> frozenset[str] | None:
+    """The action ids a policy's scope can match. Baton defines no action groups, so
+    ``action in [Action::"a", Action::"b"]`` matches exactly those actions."""
+    if isinstance(scope, pst.ActionEq):
+        return frozenset({scope.entity.id})
+    if isinstance(scope, pst.ActionIn):
+        return frozenset(e.id for e in scope.entities)
+    return None  # any action, or a scope this version does not know: always evaluated
 
 
 def _source(annotations: Mapping[str, str], effect: str, text: str, file: str, line: int) -> PolicySource:
