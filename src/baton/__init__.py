@@ -2,16 +2,25 @@
 
 Runs remember what they did (an append-only, hash-chained journal), survive crashes
 without doing anything twice (replay plus idempotency keys, intent records and
-reconciliation), and can be audited (``baton audit verify``).
+reconciliation), act only as policy allows for the principal they act for (Cedar policies,
+durable approvals, budgets), and can be audited (``baton audit verify``).
 """
 
+from .approvals import WebhookNotifier
+from .budgets import Limits
 from .clock import Clock, SystemClock
-from .engine.context import Context
+from .config import Governance
+from .engine.context import ApprovalDecision, Context
 from .errors import (
     AppendConflict,
+    ApprovalDenied,
+    ApprovalError,
     BatonError,
+    BudgetExceeded,
     MigrationError,
     NonDeterminismError,
+    PolicyDenied,
+    PolicyError,
     RunCancelled,
     RunNotFound,
     StepError,
@@ -21,6 +30,7 @@ from .errors import (
     UsageError,
     WorkflowNotFound,
 )
+from .identity import Principal
 from .journal import RunStatus
 from .runtime import Baton
 from .settings import Settings
@@ -32,12 +42,21 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AppendConflict",
+    "ApprovalDecision",
+    "ApprovalDenied",
+    "ApprovalError",
     "Baton",
     "BatonError",
+    "BudgetExceeded",
     "Clock",
     "Context",
+    "Governance",
+    "Limits",
     "MigrationError",
     "NonDeterminismError",
+    "PolicyDenied",
+    "PolicyError",
+    "Principal",
     "Reconciled",
     "RetryPolicy",
     "RunCancelled",
@@ -54,6 +73,7 @@ __all__ = [
     "ToolTimeout",
     "ToolValidationError",
     "UsageError",
+    "WebhookNotifier",
     "Workflow",
     "WorkflowNotFound",
     "__version__",
