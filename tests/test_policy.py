@@ -130,9 +130,6 @@ def test_a_syntax_error_names_the_line_of_the_mistake(text: str, line: int) -> N
     assert error_of(text).startswith(f"refunds.cedar:{line}: ")
 
 
-@pytest.mark.xfail(strict=True, reason="files._error_line skips only blank lines before a policy, while the "
-                                       "policy's first line already skips comments: the line reported is too far "
-                                       "down by the number of comment lines above the policy")
 def test_a_syntax_error_below_a_comment_line_names_the_line_of_the_mistake() -> None:
     text = (
         "permit(principal, action, resource);\n"   # 1
@@ -356,8 +353,6 @@ def test_a_service_principal_is_a_service_entity(tmp_path: Path) -> None:
     assert engine.decide(refund(ALICE)).effect == "deny"
 
 
-@pytest.mark.xfail(strict=True, reason="the engine caches each principal's entity by id alone, so a request for "
-                                       "the same id with other roles is decided with the first roles seen")
 def test_the_decision_follows_the_principal_in_the_request(tmp_path: Path) -> None:
     engine = engine_for(tmp_path, '@id("managers") permit(principal in Role::"manager", action, resource);')
     assert engine.decide(refund(Principal("alice", "acme", frozenset({"support"})))).effect == "deny"

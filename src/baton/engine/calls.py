@@ -178,6 +178,7 @@ class Calls:
         guard.settle_expiry(rec, approval)
         if approval.status == "denied":
             return CallPlan(tool, rec.step_id, error=guard.approval_denied(tool.name, rec.step_id, approval))
+        guard.check_budget(tool, values)  # the run may have outlived its lifetime while it waited
         return CallPlan(tool, rec.step_id, run=True, values=values, args_json=approval.request.args,
                         approval=approval.request.approval_id)
 

@@ -197,10 +197,20 @@ class Execution:
                 run_id=self.run_id, step_id=rec.step_id,
             )
 
+    def withdraw_open(self, why: str) -> list[ev.Event]:
+        """Approval requests that will never be used once the run ends: withdrawn with it,
+        so no one is asked to decide them."""
+        return [
+            ev.ApprovalWithdrawn(step_id=rec.step_id, approval_id=rec.approval.request.approval_id, reason=why)
+            for rec in self.state.steps.values()
+            if rec.approval is not None and rec.approval.status in ("pending", "approved")
+            and not rec.approval.consumed
+        ]
+
     def finish(self, result: Any = None, failure: BaseException | None = None) -> Outcome:
         if self.cancel_requested:
             self.compensate()
-            self.append([ev.RunCancelled(reason="cancelled on request")])
+            self.append([*self.withdraw_open("the run was cancelled"), ev.RunCancelled(reason="cancelled on request")])
             return Outcome(RunStatus.CANCELLED)
         self.check_all_replayed()
         if self.nondeterminism is not None:
@@ -208,11 +218,11 @@ class Execution:
             self.needs_attention(err.step_id or 0, err.message)
         if failure is not None:
             self.compensate()
-            self.append([ev.RunFailed(error=error_info(failure))])
+            self.append([*self.withdraw_open("the run failed"), ev.RunFailed(error=error_info(failure))])
             return Outcome(RunStatus.FAILED, str(failure))
         try:
             canonical_json(result)
         except (TypeError, ValueError, RecursionError) as exc:
             return self.finish(failure=BatonError(f"workflow returned a value that is not JSON: {exc}"))
-        self.append([ev.RunCompleted(result=result)])
+        self.append([*self.withdraw_open("the run completed without this step"), ev.RunCompleted(result=result)])
         return Outcome(RunStatus.COMPLETED)

@@ -60,7 +60,8 @@ class Guard:
         """The cost of each call this execution checked, by step."""
         self._counted = 0
         policies = governance.policies
-        self.wants_day = policies is not None and any("history.day" in s.text for s in policies.sources)
+        # The day's history costs a query: made only if some policy reads the history at all.
+        self.wants_day = policies is not None and any("history" in s.text for s in policies.sources)
 
     # -- what the run has used ---------------------------------------------------------
 

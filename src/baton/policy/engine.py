@@ -188,7 +188,7 @@ class PolicyEngine:
         self.reload_interval = reload_interval
         self.last_error: str | None = None
         self._checked = time.monotonic()
-        self._entities: dict[str, cedarpy.Entities] = {}
+        self._entities: dict[tuple[Any, ...], cedarpy.Entities] = {}
         self._stamp = self._stamps()
         self._load()
 
@@ -235,7 +235,8 @@ class PolicyEngine:
             if first.policy_id.startswith("policy"):
                 src = compiled.source(first.policy_id)
                 where = f"{src.file}:{src.line}"
-            raise PolicyError(f"{where}: does not match the schema {self.schema}: {first.error}")
+            raise PolicyError(f"{where}: does not match the schema {self.schema}: "
+                              f"{compiled.name_policies(first.error)}")
 
     def refresh(self) -> None:
         """Reload the files if they changed (checked at most every ``reload_interval``).
@@ -260,7 +261,9 @@ class PolicyEngine:
     # -- deciding -----------------------------------------------------------------------
 
     def entities(self, principal: Principal) -> cedarpy.Entities:
-        found = self._entities.get(principal.id)
+        key = (principal.id, principal.tenant, principal.kind, principal.roles,
+               json.dumps(principal.attributes, sort_keys=True, default=str))
+        found = self._entities.get(key)
         if found is None:
             attrs = {"tenant": principal.tenant, "roles": sorted(principal.roles), "kind": principal.kind,
                      **{k: cedar_value(v) for k, v in principal.attributes.items()}}
@@ -269,7 +272,7 @@ class PolicyEngine:
                 "attrs": attrs,
                 "parents": [{"type": "Role", "id": r} for r in sorted(principal.roles)],
             }
-            found = self._entities[principal.id] = cedarpy.Entities.from_json_str(json.dumps([entity]))
+            found = self._entities[key] = cedarpy.Entities.from_json_str(json.dumps([entity]))
         return found
 
     def decide(self, request: PolicyRequest) -> Verdict:

@@ -85,8 +85,8 @@ def _error_line(text: str, first_line: int) -> int:
     """The line of a policy (that fails to parse) where the mistake is."""
     lines = text.split("\n")
     offset = 0
-    while offset < len(lines) - 1 and not lines[offset].strip():
-        offset += 1  # the text starts with the newline after the previous policy
+    while offset < len(lines) - 1 and (not lines[offset].strip() or lines[offset].strip().startswith("//")):
+        offset += 1  # the text starts after the previous policy's ``;``: blank lines and comments
     for count in range(offset + 1, len(lines) + 1):
         try:
             cedarpy.PolicySet.from_str("\n".join(lines[:count]))
