@@ -4,6 +4,7 @@ the run; expiry and escalation; changed arguments; ``ctx.approval``; notifiers; 
 
 from __future__ import annotations
 
+import importlib
 import json
 import threading
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
 from baton import Baton, Context, RunStatus, tool, workflow
@@ -22,6 +24,9 @@ from baton.errors import ApprovalDenied, ApprovalError, PolicyDenied, UsageError
 from baton.journal import events as ev
 from baton.testing import FakeClock
 from engine_support import event_types, make_settings, of_type
+
+# The module, not the Typer app that ``baton.cli`` exports under the same name.
+cli_module = importlib.import_module("baton.cli.app")
 
 HOUR = 3600.0
 
@@ -100,6 +105,13 @@ def goodwill(ctx: Context, order_id: str) -> dict[str, Any]:
     return {"approved": decision.approved, "by": decision.by, "reason": decision.reason, "credit": credit}
 
 
+@workflow
+def urgent_goodwill(ctx: Context, order_id: str) -> dict[str, Any]:
+    decision = ctx.approval(f"urgent credit on order {order_id}", approvers=["role:manager"], expires_in=60,
+                            escalate_to="role:director")
+    return {"approved": decision.approved, "by": decision.by}
+
+
 # -- set-up -----------------------------------------------------------------------------
 
 
@@ -153,7 +165,8 @@ def failure(b: Baton, run_id: str) -> ev.ErrorInfo:
 # -- the request ------------------------------------------------------------------------
 
 
-def test_a_gated_step_waits_with_a_durable_request_and_a_small_one_runs(b: Baton, clock: FakeClock) -> None:
+def test_a_gated_step_waits_with_a_durable_request_and_a_small_one_runs(
+        b: Baton, clock: FakeClock, tmp_path: Path, gov: Governance) -> None:
     small = b.start(refund, {"order_id": "1", "amount": 40.0}, principal="alice")
     assert b.drive(small).status is RunStatus.COMPLETED
     assert refunded == [("1", 40.0)]
@@ -174,6 +187,10 @@ def test_a_gated_step_waits_with_a_durable_request_and_a_small_one_runs(b: Baton
     assert request.policies == ["refunds-over-100-need-a-manager"]
     assert request.expires_at == clock.time() + HOUR
     assert request.decided_by is None and request.consumed_at is None
+
+    # Another process on the same database sees the same request.
+    with Baton(make_settings(tmp_path), clock=clock, governance=gov) as other:
+        assert [a.approval_id for a in other.approvals("bob")] == [request.approval_id]
 
     # Driving again changes nothing while nobody has decided.
     before = len(b.events(run_id))
@@ -471,9 +488,6 @@ def test_changed_arguments_that_policy_forbids_fail_the_step(b: Baton, tmp_path:
     assert b.get_approval(old.approval_id).status == "withdrawn"
 
 
-@pytest.mark.xfail(strict=True, reason="changing the arguments of a step whose request was denied (and not yet "
-                                       "driven) withdraws a denied request, which the approvals index refuses: "
-                                       "the append is fenced after the idempotent tool ran, on every drive")
 def test_changed_arguments_after_a_denial_neither_wedge_the_run_nor_repeat_the_call(
         b: Baton, tmp_path: Path) -> None:
     run_id, amount_file = amount_run(b, tmp_path, 150.0)
@@ -534,6 +548,30 @@ def test_ctx_approval_that_expires_is_a_denial_by_nobody(b: Baton, clock: FakeCl
     assert isinstance(done.result, dict)
     assert done.result["approved"] is False and done.result["by"] is None
     assert credited == []
+
+
+def test_ctx_approval_with_its_own_expiry_escalates(b: Baton, clock: FakeClock) -> None:
+    run_id = b.start(urgent_goodwill, {"order_id": "98765"}, principal="alice")
+    request = pending_request(b, run_id)
+    assert request.expires_at == clock.time() + 60  # not the config's hour
+    assert request.escalate_to == ["role:director"]
+    clock.advance(60)
+    assert b.drive(run_id).status is RunStatus.WAITING
+    assert [a.approval_id for a in b.approvals("dora")] == [request.approval_id]
+    assert b.approvals("bob") == []
+    b.decide(request.approval_id, principal="dora", approve=True, reason="urgent and fair")
+    assert b.drive(run_id).status is RunStatus.COMPLETED
+    (done,) = of_type(b, run_id, ev.RunCompleted)
+    assert done.result == {"approved": True, "by": "dora"}
+
+
+def test_ctx_approval_without_principals_is_refused(tmp_path: Path, clock: FakeClock) -> None:
+    with Baton(make_settings(tmp_path), clock=clock, governance=Governance()) as b:
+        run_id = b.start(goodwill, {"order_id": "98765"})
+        record = b.drive(run_id)
+        assert not of_type(b, run_id, ev.ApprovalRequested)
+        assert record.status in (RunStatus.FAILED, RunStatus.NEEDS_ATTENTION)
+        assert "principals" in (record.outcome or "")
 
 
 # -- notifiers --------------------------------------------------------------------------
@@ -624,8 +662,11 @@ def test_approvals_from_the_command_line(tmp_path: Path, monkeypatch: pytest.Mon
     config_file = tmp_path / "baton.toml"
     config_file.write_text("\n".join(toml) + "\n")
     settings = make_settings(tmp_path)
-    env = {"BATON_DATABASE_URL": settings.database_url, "BATON_CONFIG": str(config_file), "COLUMNS": "200"}
+    env = {"BATON_DATABASE_URL": settings.database_url, "BATON_CONFIG": str(config_file)}
     runner = CliRunner()
+    # Wide consoles, whatever the terminal the tests run in: ids must not be folded.
+    monkeypatch.setattr(cli_module, "out", Console(width=200))
+    monkeypatch.setattr(cli_module, "err", Console(stderr=True, width=200))
 
     # The real clock: the command line decides with the time of day.
     with Baton(settings, governance=Governance.load(config_file)) as b:
@@ -647,6 +688,10 @@ def test_approvals_from_the_command_line(tmp_path: Path, monkeypatch: pytest.Mon
         for text in (f"approval {aid}", "pending", "issue_refund", "refunds-over-100-need-a-manager",
                      "alice (tenant acme)", "may decide: a manager", run_id):
             assert text in shown.stdout, shown.stdout
+        by_prefix = runner.invoke(app, ["approvals", "show", aid[:6], "--json"], env=env)
+        assert by_prefix.exit_code == 0 and json.loads(by_prefix.stdout)["approval_id"] == aid
+        hidden = runner.invoke(app, ["approvals", "show", aid, "--as", "eve"], env=env)
+        assert hidden.exit_code == 1 and isinstance(hidden.exception, ApprovalError)
 
         refused = runner.invoke(app, ["approve", aid, "--as", "alice", "--reason", "x"], env=env)
         assert refused.exit_code == 1

@@ -298,8 +298,6 @@ def refund(ctx: Context, amount: float) -> float:
     return ctx.call(issue_refund, amount=amount)
 
 
-@pytest.mark.xfail(strict=True, reason="a step that waited for approval is not checked against the run's limits "
-                                       "again when it finally runs: max_seconds is exceeded and the step runs")
 def test_a_step_approved_after_the_run_outlived_its_limit_does_not_run(tmp_path: Path, clock: FakeClock) -> None:
     (tmp_path / "gate.cedar").write_text(
         '@id("anyone")\npermit(principal, action, resource);\n'
@@ -319,4 +317,6 @@ def test_a_step_approved_after_the_run_outlived_its_limit_does_not_run(tmp_path:
         b.decide(request.approval_id, principal="bob", approve=True, reason="late but fine")
         b.drive(run_id)
         assert charged == []
-        assert "older than its limit of 60s" in budget_failure(b, run_id)
+        assert "older than its limit of 60s (600.0s)" in budget_failure(b, run_id)
+        assert not of_type(b, run_id, ev.ApprovalConsumed)  # the approval was not used
+        assert b.get_approval(request.approval_id).consumed_at is None

@@ -162,9 +162,9 @@ class Context:
             return ApprovalDecision(approval.status == "approved", approval.by, approval.reason)
         x.before_new_work(step_id)
         guard = x.guard
-        if guard is None:
-            raise Abort(BatonError("ctx.approval needs a runtime with governance (principals in baton.toml)",
-                                   run_id=x.run_id, step_id=step_id))
+        if guard is None or not len(guard.governance.directory):
+            raise Abort(BatonError("ctx.approval needs principals who can decide it: add [principals] to "
+                                   "baton.toml", run_id=x.run_id, step_id=step_id))
         if approval is None:
             who = parse_approvers(",".join(approvers) if isinstance(approvers, list) else approvers,
                                   f"ctx.approval({title!r})")

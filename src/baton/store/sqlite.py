@@ -110,7 +110,7 @@ def _apply_approval(conn: sqlite3.Connection, run_id: str, event: ev.Event, now:
         case ev.ApprovalWithdrawn():
             cur = conn.execute(
                 "UPDATE approvals SET status = 'withdrawn', reason = ? "
-                "WHERE approval_id = ? AND run_id = ? AND status IN ('pending', 'approved') "
+                "WHERE approval_id = ? AND run_id = ? AND status IN ('pending', 'approved', 'denied') "
                 "AND consumed_at IS NULL",
                 (event.reason, event.approval_id, run_id),
             )
