@@ -42,14 +42,14 @@ WORKFLOW = f"{aw.WORKFLOWS_FILE}:refund"
 GATED = aw.GATED_STEP
 WORKER_CODE = "from baton import Baton; Baton().worker(concurrency=2).run(until_idle=True)"
 SERVING_WORKER_CODE = "from baton import Baton; Baton().worker(concurrency=2).run()"
-# Approves one request as bob. With "claim" or "append" as its second argument it kills
-# itself right after that store call returns (the lease taken; the decision written).
+# Approves one request as bob. With "read" or "append" as its second argument it kills
+# itself right after that store call returns (the journal read; the decision written).
 DECIDER_CODE = """
 import os, signal, sys
 from baton import Baton
 approval_id, die_after = sys.argv[1], sys.argv[2]
 baton = Baton()
-if die_after in ("claim", "append"):
+if die_after in ("read", "append"):
     original = getattr(baton.store, die_after)
     def dying(*args, **kwargs):
         result = original(*args, **kwargs)
@@ -304,9 +304,9 @@ def assert_no_strays(specs: list[Spec], service: Service) -> None:
 
 
 def drive_to_approval(app: App, specs: list[Spec]) -> None:
-    assert app.work() == 0, app.logs()[-3000:]
+    """Run each up to its approval request, in this process: the crashes come later."""
     for spec in specs:
-        record = app.baton.get_run(spec.run_id)
+        record = app.baton.drive(spec.run_id)
         assert (record.status, record.waiting_for) == (RunStatus.WAITING, "approval"), record
         assert the_approval(app.baton, spec.run_id).status == "pending"
     pending = {a.run_id for a in app.baton.approvals("bob")}
@@ -325,36 +325,46 @@ def approve(app: App, spec: Spec) -> ApprovalRecord:
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("via", ["issue", "transfer", "wire"])
-@pytest.mark.parametrize("crash", ["before", "after"], ids=["before-the-call", "after-the-effect"])
+@pytest.mark.parametrize("crash", ["pickup", "before", "after"],
+                         ids=["after-the-pickup", "before-the-call", "after-the-effect"])
 def test_worker_killed_inside_the_approved_step(app: App, via: str, crash: str) -> None:
-    """``before``: the tool kills its worker on its first call, before doing anything, so the
-    consumption and the step's start are durable and the refund did not happen. ``after``:
-    the tool refunds, then kills its worker before returning."""
+    """The worker that picks the approved run up dies: ``pickup``, in the workflow before the
+    refund step (the approval is granted, not yet consumed); ``before``, in the refund tool
+    before it does anything (the consumption and the step's start are durable, the refund
+    did not happen); ``after``, in the tool after the refund, before it returns."""
     spec = start(app, "o-1", via, crash)
     baton = app.baton
     drive_to_approval(app, [spec])
     assert Service.read(app.service_db).calls(spec) == 0
     approve(app, spec)
 
-    # The worker that picks the approved run up consumes the approval and dies in the call.
     assert app.work() == -signal.SIGKILL
     service = Service.read(app.service_db)
-    assert service.self_kills == {spec.key: (f"{via}_refund", crash)}
-    assert len(of_type(baton, spec.run_id, ev.ApprovalConsumed)) == 1
-    started = of_type(baton, spec.run_id, ev.StepStarted)
-    assert [(e.step_id, e.attempt) for e in started] == [(GATED, 1)]
-    assert not [e for e in baton.events(spec.run_id)
-                if isinstance(e, ev.StepRan | ev.StepCompleted) and e.step_id == GATED]
+    events = baton.events(spec.run_id)
+    consumed = [e for e in events if isinstance(e, ev.ApprovalConsumed)]
+    started = [(e.step_id, e.attempt) for e in events if isinstance(e, ev.StepStarted)]
+    done = [e for e in events if isinstance(e, ev.StepRan | ev.StepCompleted) and e.step_id == GATED]
     effects = len(service.ledger_rows(spec.key)) + (spec.key in service.effects)
-    assert effects == (0 if crash == "before" else 1)
-    assert the_approval(baton, spec.run_id).consumed_at is not None
+    if crash == "pickup":
+        assert service.self_kills == {f"{spec.run_id}:pickup": ("refund", "pickup")}
+        assert (len(consumed), started, done, effects) == (0, [], [], 0)
+        assert the_approval(baton, spec.run_id).consumed_at is None
+    else:
+        assert service.self_kills == {spec.key: (f"{via}_refund", crash)}
+        assert (len(consumed), started, done) == (1, [(GATED, 1)], [])
+        assert effects == (0 if crash == "before" else 1)
+        assert the_approval(baton, spec.run_id).consumed_at is not None
 
     # A fresh worker takes the run over.
     assert app.work() == 0, app.logs()[-3000:]
     service = Service.read(app.service_db)
     events = baton.events(spec.run_id)
     assert sum(isinstance(e, ev.RunRecovered) for e in events) == 1
-    if via == "wire":
+    if crash == "pickup":
+        # The approval was still unused: the new worker uses it, once, and calls the tool once.
+        assert service.calls(spec) == 1
+        assert not [e for e in events if isinstance(e, ev.StepReconciled | ev.NeedsAttention)]
+    elif via == "wire":
         # Not idempotent and nothing to ask: a person decides, the call is not made again.
         record = baton.get_run(spec.run_id)
         assert record.status is RunStatus.NEEDS_ATTENTION, (record.status, record.outcome)
@@ -399,29 +409,35 @@ def test_worker_killed_inside_the_approved_step(app: App, via: str, crash: str) 
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("via", ["issue", "transfer", "wire"])
-def test_worker_killed_while_the_run_waits_for_approval(app: App, via: str) -> None:
-    spec = start(app, "o-2", via)
+def test_worker_killed_while_the_runs_wait_for_approval(app: App) -> None:
+    """One run per refund tool; the worker that brought them to their requests is killed
+    while they wait (which must change nothing), then they are approved and a new worker
+    finishes them."""
+    specs = [start(app, f"o-{via}", via) for via in ("issue", "transfer", "wire")]
     baton = app.baton
     serving = app.spawn(SERVING_WORKER_CODE)  # a worker that stays up when there is nothing to do
-    wait_until(lambda: app.status(spec.run_id) is RunStatus.WAITING, "the run waits for approval")
+    wait_until(lambda: all(app.status(s.run_id) is RunStatus.WAITING for s in specs), "the runs wait")
     serving.send_signal(signal.SIGKILL)
     assert serving.wait(timeout=30) == -signal.SIGKILL
 
-    # Nothing of the run was lost or done: the request is pending, the refund not made.
-    record = baton.get_run(spec.run_id)
-    assert (record.status, record.waiting_for) == (RunStatus.WAITING, "approval"), record
-    assert the_approval(baton, spec.run_id).status == "pending"
-    assert Service.read(app.service_db).calls(spec) == 0
-    approve(app, spec)
+    # Nothing was lost or done: the requests are pending, no refund made.
+    service = Service.read(app.service_db)
+    for spec in specs:
+        record = baton.get_run(spec.run_id)
+        assert (record.status, record.waiting_for) == (RunStatus.WAITING, "approval"), record
+        assert the_approval(baton, spec.run_id).status == "pending"
+        assert service.calls(spec) == 0
+    for spec in specs:
+        approve(app, spec)
 
     assert app.work() == 0, app.logs()[-3000:]
     service = Service.read(app.service_db)
-    assert service.calls(spec) == 1
-    problems = approval_problems(baton, spec) + effect_problems(baton, spec, service)
+    problems = [p for s in specs for p in approval_problems(baton, s) + effect_problems(baton, s, service)]
     assert not problems, "\n".join(problems)
-    assert_no_strays([spec], service)
-    assert sum(isinstance(e, ev.RunRecovered) for e in baton.events(spec.run_id)) <= 1
+    for spec in specs:
+        assert service.calls(spec) == 1
+        assert sum(isinstance(e, ev.RunRecovered) for e in baton.events(spec.run_id)) <= 1
+    assert_no_strays(specs, service)
 
 
 # -- the approving process killed -------------------------------------------------------------------
@@ -430,18 +446,23 @@ def test_worker_killed_while_the_run_waits_for_approval(app: App, via: str) -> N
 @dataclass
 class Trial:
     spec: Spec
-    die_after: str          # "claim", "append", or "random" (killed from here after a delay)
+    die_after: str          # "read", "append", or "random" (killed from here after a delay)
     delay: float = 0.0
     pid: int = 0
     code: int | None = None
     finished: bool = False  # printed "decided" before it died (or was not killed at all)
 
 
-def decide_and_kill(app: App, trial: Trial, approval_id: str) -> None:
+def spawn_decider(app: App, trial: Trial, approval_id: str) -> subprocess.Popen[str]:
+    """An approver, started and ready, that decides when told to go."""
     proc = app.spawn(DECIDER_CODE, approval_id, trial.die_after, log="decider.log",
                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    assert proc.stdin is not None and proc.stdout is not None
     trial.pid = proc.pid
+    return proc
+
+
+def decide_and_kill(app: App, trial: Trial, proc: subprocess.Popen[str]) -> None:
+    assert proc.stdin is not None and proc.stdout is not None
     assert proc.stdout.readline() == "ready\n", app.logs()[-3000:]
     proc.stdin.write("go\n")
     proc.stdin.flush()
@@ -462,24 +483,27 @@ def read_all(stream: IO[str]) -> str:
 
 @pytest.mark.timeout(90)
 def test_approver_killed_while_deciding(app: App) -> None:
-    """Each request's approver is SIGKILLed: right after it took the run's lease, right
-    after it wrote the decision (still holding the lease), and at random moments. The request
-    is then pending or approved, never lost or decided twice; each run completes once."""
+    """Each request's approver is SIGKILLed: right after it read the run's journal, right
+    after it wrote the decision, and at random moments. The request is then pending or
+    approved, never lost or decided twice; an approver never holds the run's lease, so its
+    death leaves nothing to take over; each run completes once."""
     seed = the_seed()
     rng = random.Random(seed)
     baton = app.baton
     ways = ["issue", "transfer", "wire"]
     trials = [Trial(start(app, f"o-{i}", ways[i % 3]), die_after) for i, die_after in
-              enumerate(["claim", "append", *["random"] * 6])]
+              enumerate(["read", "append", *["random"] * 6])]
     for trial in trials:
-        trial.delay = rng.uniform(0.0, 0.006)
+        trial.delay = rng.uniform(0.0, 0.006) if trial.die_after == "random" else 0.0
     drive_to_approval(app, [t.spec for t in trials])
+    # Started together (starting is the slow part); each decides only when told to.
+    deciders = [spawn_decider(app, t, the_approval(baton, t.spec.run_id).approval_id) for t in trials]
 
     outcomes = []
-    for trial in trials:
+    for trial, decider in zip(trials, deciders, strict=True):
         spec = trial.spec
         approval = the_approval(baton, spec.run_id)
-        decide_and_kill(app, trial, approval.approval_id)
+        decide_and_kill(app, trial, decider)
         after = the_approval(baton, spec.run_id)
         record = baton.get_run(spec.run_id)
         granted = of_type(baton, spec.run_id, ev.ApprovalGranted)
@@ -490,10 +514,11 @@ def test_approver_killed_while_deciding(app: App) -> None:
         assert len(granted) == (after.status == "approved"), (after, granted)
         assert not of_type(baton, spec.run_id, ev.ApprovalConsumed)
         assert verify_chain(baton.journal(spec.run_id)) is None
-        if trial.die_after == "claim":
-            assert trial.code == -signal.SIGKILL and after.status == "pending" and dead_owner, outcomes[-1]
+        assert not dead_owner, outcomes[-1]
+        if trial.die_after == "read":
+            assert trial.code == -signal.SIGKILL and after.status == "pending", outcomes[-1]
         if trial.die_after == "append":
-            assert trial.code == -signal.SIGKILL and after.status == "approved" and dead_owner, outcomes[-1]
+            assert trial.code == -signal.SIGKILL and after.status == "approved", outcomes[-1]
             assert record.status is RunStatus.RUNNING
         if trial.finished or trial.code == 0:
             assert after.status == "approved" and not dead_owner, outcomes[-1]
@@ -644,3 +669,69 @@ def test_batch_of_approved_runs_survives_random_worker_kills(tmp_path: Path) -> 
             if thread.is_alive():
                 thread.join(timeout=30)
         baton.close()
+
+
+# -- crash loops around a request ---------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_approvers_dying_mid_decision_do_not_count_as_crashes(tmp_path: Path) -> None:
+    """Approvers never take the run's lease, so however many die while deciding, no worker
+    takes the run over and the crash-loop limit is untouched."""
+    limit = 1
+    app = make_app(tmp_path, max_recoveries=limit)
+    try:
+        spec = start(app, "o-1", "issue")
+        baton = app.baton
+        drive_to_approval(app, [spec])
+        approval_id = the_approval(baton, spec.run_id).approval_id
+        for _ in range(limit + 2):
+            trial = Trial(spec, "read")
+            decide_and_kill(app, trial, spawn_decider(app, trial, approval_id))
+            assert trial.code == -signal.SIGKILL
+            assert app.work() == 0, app.logs()[-3000:]
+            record = baton.get_run(spec.run_id)
+            assert (record.status, record.outcome, record.owner) == (RunStatus.WAITING, None, None)
+            assert the_approval(baton, spec.run_id).status == "pending"
+        assert not of_type(baton, spec.run_id, ev.RunRecovered)
+
+        approve(app, spec)
+        assert app.work() == 0, app.logs()[-3000:]
+        service = Service.read(app.service_db)
+        problems = approval_problems(baton, spec) + effect_problems(baton, spec, service)
+        assert not problems, "\n".join(problems)
+    finally:
+        app.baton.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("crash", "kills"), [("pickup-twice", 2), ("pickup-thrice", 3)])
+def test_a_crash_loop_after_approval_withdraws_the_unused_approval(tmp_path: Path, crash: str, kills: int) -> None:
+    """The approved run's code kills its worker on every pass (a bad deploy, say) until the
+    crash-loop limit fails the run: with its compensations (two kills) or, when even that
+    keeps dying, without them (three). Either way the unused approval is withdrawn with the
+    run, cannot be decided again, and no refund is made."""
+    app = make_app(tmp_path, max_recoveries=1)
+    try:
+        spec = start(app, "o-1", "issue", crash)
+        baton = app.baton
+        drive_to_approval(app, [spec])
+        approval_id = the_approval(baton, spec.run_id).approval_id
+        approve(app, spec)
+        codes = []
+        while app.status(spec.run_id) in UNFINISHED and len(codes) < 8:
+            codes.append(app.work())
+        record = baton.get_run(spec.run_id)
+        assert record.status is RunStatus.FAILED and "crash loop" in (record.outcome or ""), (record, codes)
+        assert codes == [-signal.SIGKILL] * kills + [0], codes
+
+        request = the_approval(baton, spec.run_id)
+        assert request.status == "withdrawn" and request.consumed_at is None, request
+        assert not baton.approvals("bob")
+        with pytest.raises(ApprovalError):
+            baton.decide(approval_id, principal="bob", approve=True, reason="refund checked")
+        assert app.work() == 0
+        assert app.status(spec.run_id) is RunStatus.FAILED
+        assert Service.read(app.service_db).calls(spec) == 0
+    finally:
+        app.baton.close()

@@ -228,7 +228,7 @@ class Baton:
                 self._check_crash_loop(x)
             if workflow is None:
                 if x.cancel_requested:
-                    x.append([ev.RunCancelled(reason=(
+                    x.append([*x.withdraw_open("the run was cancelled"), ev.RunCancelled(reason=(
                         f"cancelled on request; compensations not run: cannot load workflow "
                         f"{record.workflow_ref}: {load_error}"))])
                     return Outcome(RunStatus.CANCELLED)
@@ -242,7 +242,7 @@ class Baton:
             # Stopped as if crashed: the run stays as its journal left it, for a retry.
             raise failed.error from None
         except Abort as abort:  # while finishing: fail the run plainly
-            x.append([ev.RunFailed(error=error_info(abort.error))])
+            x.append([*x.withdraw_open("the run failed"), ev.RunFailed(error=error_info(abort.error))])
             return Outcome(RunStatus.FAILED, abort.error.message)
 
     def _check_crash_loop(self, x: Execution) -> None:
@@ -254,7 +254,7 @@ class Baton:
         message = (f"crash loop: the run's worker died {count} times without the run making "
                    f"progress (limit {limit}); giving up")
         if count > limit + 1:
-            x.append([ev.RunFailed(error=error_info(BatonError(
+            x.append([*x.withdraw_open("the run failed"), ev.RunFailed(error=error_info(BatonError(
                 message + "; compensations skipped, as running them kept killing the process")))])
             raise Suspend()
         x.abort = BatonError(message, run_id=x.run_id)
@@ -265,7 +265,7 @@ class Baton:
             values, _ = workflow.validate_input(dict(x.state.started.input))
         except UsageError as exc:
             if x.cancel_requested:
-                x.append([ev.RunCancelled(reason=(
+                x.append([*x.withdraw_open("the run was cancelled"), ev.RunCancelled(reason=(
                     "cancelled on request; compensations not run: the workflow no longer "
                     f"accepts this run's input ({exc.message})"))])
                 return Outcome(RunStatus.CANCELLED)

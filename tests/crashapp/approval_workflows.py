@@ -13,9 +13,15 @@ service keeps its state in its own SQLite file (``db``, passed in every tool cal
                  ``wire_refund`` (without): one row appended per call;
 ``self_kills``   the calls that killed their own worker process on purpose.
 
-Each refund tool takes ``crash``: ``"before"`` makes the first call for a key kill its own
-process before doing anything; ``"after"`` makes it apply the refund and then kill its own
-process before returning. Either happens once per key (``self_kills``).
+``passes``       one row per time the workflow function reached its refund step.
+
+``crash`` chooses where a worker dies. For the refund tools: ``"before"`` makes the first
+call for a key kill its own process before doing anything; ``"after"`` makes it apply the
+refund and then kill its own process before returning; either happens once per key
+(``self_kills``). For the workflow: ``"pickup"`` kills the worker once, on the second pass
+through the workflow (the first one after the approval: the first pass asked for it),
+before the refund step is reached; ``"pickup-twice"`` does so on the second and third passes,
+``"pickup-thrice"`` on the second, third and fourth.
 """
 
 from __future__ import annotations
@@ -56,6 +62,11 @@ CREATE TABLE IF NOT EXISTS ledger (
     key TEXT NOT NULL,
     order_id TEXT NOT NULL,
     amount REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS passes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run TEXT NOT NULL,
+    pid INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS self_kills (
     key TEXT PRIMARY KEY,
@@ -152,6 +163,26 @@ def _maybe_die_before(db: str, key: str, tool_name: str, crash: str) -> None:
     try:
         conn.execute("BEGIN IMMEDIATE")
         kill = _first_time(conn, key, tool_name, "before")
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    if kill:
+        _die()
+
+
+def _workflow_pass(db: str, run: str, crash: str) -> None:
+    """Count a pass of the workflow through its refund step; die there if ``crash`` says so."""
+    if crash not in ("pickup", "pickup-twice", "pickup-thrice"):
+        return
+    conn = connect(db)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO passes (run, pid) VALUES (?, ?)", (run, os.getpid()))
+        count = conn.execute("SELECT COUNT(*) FROM passes WHERE run = ?", (run,)).fetchone()[0]
+        if crash == "pickup":
+            kill = count == 2 and _first_time(conn, f"{run}:pickup", "refund", "pickup")
+        else:
+            kill = count in ((2, 3) if crash == "pickup-twice" else (2, 3, 4))
         conn.execute("COMMIT")
     finally:
         conn.close()
@@ -272,6 +303,7 @@ def refund(ctx: Context, db: str, order_id: str, amount: float, via: str = "issu
            crash: str = "") -> dict[str, Any]:
     """Look the order up, refund it through ``via`` (held for approval above 100), close it."""
     order = ctx.call(look_up_order, db=db, order_id=order_id)
+    _workflow_pass(db, ctx.run_id, crash)
     receipt = ctx.call(REFUNDS[via], db=db, order_id=order_id, amount=amount, crash=crash)
     ticket = ctx.call(close_ticket, db=db, order_id=order_id)
     return {"order": order, "receipt": receipt, "ticket": ticket}

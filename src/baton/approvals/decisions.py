@@ -7,7 +7,6 @@ the decider, names approvers the decider is not one of, or has expired.
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -30,6 +29,35 @@ def describe_approvers(approvers: list[str]) -> str:
 
 def _when(epoch: float | None) -> str:
     return "?" if epoch is None else datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _append(baton: Baton, record: ApprovalRecord, decision: ev.Event) -> None:
+    """Append the decision at the run's head, without taking its lease: an approver that
+    dies mid-way leaves nothing behind (no lease to expire, no takeover to count against
+    the run). If the head moves first, the journal is read again and the checks redone; a
+    worker executing the run meanwhile is fenced off by this append, as by any other."""
+    name = record.approval_id
+    for _ in range(50):
+        run = baton.get_run(record.run_id)
+        if run.status.terminal:
+            raise ApprovalError(f"approval {name}: run {run.run_id} has ended ({run.status.value})")
+        events = [decode(row) for row in baton.store.read(record.run_id)]
+        x = Execution(store=baton.store, settings=baton.settings, clock=baton.clock, pool=baton.pool,
+                      run=run, events=events)
+        rec = x.state.steps.get(record.step_id)
+        approval = rec.approval if rec is not None else None
+        if approval is None or approval.request.approval_id != name or approval.status != "pending":
+            raise ApprovalError(f"approval {name} is no longer pending")
+        if x.head_seq != len(events):
+            continue  # the journal grew between the two reads
+        try:
+            x.append([decision])
+            return
+        except Fenced:
+            continue  # someone appended first: look again
+        except StoreFailed as failed:
+            raise failed.error from None
+    raise ApprovalError(f"run {record.run_id} keeps changing; try again")
 
 
 def decide(baton: Baton, approval_id: str, *, principal: str, approve: bool, reason: str) -> ApprovalRecord:
@@ -55,34 +83,12 @@ def decide(baton: Baton, approval_id: str, *, principal: str, approve: bool, rea
         then = "escalated" if record.request_escalates else "denied"
         raise ApprovalError(f"approval {name} expired at {_when(record.expires_at)}; it will be {then} "
                             "when the run is next picked up")
-    claim = None
-    deadline = time.monotonic() + 10.0
-    while claim is None:
-        claim = baton.acquire(record.run_id)
-        if claim is None:
-            if time.monotonic() > deadline:
-                raise ApprovalError(f"run {record.run_id} is busy with another worker; try again")
-            time.sleep(0.05)
-    try:
-        events = [decode(row) for row in baton.store.read(record.run_id)]
-        x = Execution(store=baton.store, settings=baton.settings, clock=baton.clock, pool=baton.pool,
-                      run=claim.record, events=events)
-        rec = x.state.steps.get(record.step_id)
-        approval = rec.approval if rec is not None else None
-        if approval is None or approval.request.approval_id != name or approval.status != "pending":
-            raise ApprovalError(f"approval {name} is no longer pending")
-        decision: ev.Event
-        if approve:
-            decision = ev.ApprovalGranted(step_id=record.step_id, approval_id=name, by=who.id, reason=reason)
-        else:
-            decision = ev.ApprovalDenied(step_id=record.step_id, approval_id=name, by=who.id, reason=reason)
-        x.append([decision])
-    except Fenced:
-        raise ApprovalError(f"approval {name} was decided by someone else at the same moment") from None
-    except StoreFailed as failed:
-        raise failed.error from None
-    finally:
-        baton.let_go(record.run_id)
+    decision: ev.Event
+    if approve:
+        decision = ev.ApprovalGranted(step_id=record.step_id, approval_id=name, by=who.id, reason=reason)
+    else:
+        decision = ev.ApprovalDenied(step_id=record.step_id, approval_id=name, by=who.id, reason=reason)
+    _append(baton, record, decision)
     decided = baton.store.get_approval(name)
     assert decided is not None
     return decided
