@@ -12,6 +12,7 @@ it nor use it twice; changed arguments withdraw it and ask again.
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 from typing import TYPE_CHECKING, Any
 
@@ -61,7 +62,8 @@ class Guard:
         self._counted = 0
         policies = governance.policies
         # The day's history costs a query: made only if some policy reads the history at all.
-        self.wants_day = policies is not None and any("history" in s.text for s in policies.sources)
+        self.wants_day = policies is not None and any(
+            "history" in s.text and re.search(r"\bday\b", s.text) for s in policies.sources)
 
     # -- what the run has used ---------------------------------------------------------
 

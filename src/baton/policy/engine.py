@@ -50,15 +50,15 @@ class PolicyRequest:
 
     @property
     def principal_uid(self) -> str:
-        return f"{self.principal.entity_type}::{json.dumps(self.principal.id)}"
+        return f"{self.principal.entity_type}::{_quoted(self.principal.id)}"
 
     @property
     def action_uid(self) -> str:
-        return f'Action::{json.dumps(self.tool)}'
+        return f"Action::{_quoted(self.tool)}"
 
     @property
     def resource_uid(self) -> str:
-        return f"{self.resource[0]}::{json.dumps(self.resource[1])}"
+        return f"{self.resource[0]}::{_quoted(self.resource[1])}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,15 +96,31 @@ _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _RECORD_LITERAL = re.compile(r'\{\s*"?[A-Za-z_][A-Za-z0-9_]*"?\s*:')
 
 
-def prune(value: dict[str, Any], words: frozenset[str]) -> dict[str, Any]:
-    """The context without attributes no policy names: Cedar reads attributes only by
-    name, so a key no policy text mentions cannot change a decision, and leaving it out
-    saves Cedar parsing it (decimals are costly)."""
+def cedar_context(value: dict[str, Any], words: frozenset[str] | None) -> dict[str, Any]:
+    """The context as Cedar reads it (see :func:`cedar_value`), without the attributes no
+    policy names: Cedar reads attributes only by name, so a key no policy text mentions
+    cannot change a decision, and leaving it out saves Cedar parsing it (a decimal costs
+    more than the rest of a small request). One pass, as this runs for every step."""
     out: dict[str, Any] = {}
     for key, item in value.items():
-        if key in words:
-            out[key] = prune(item, words) if isinstance(item, dict) else item
+        if item is None or (words is not None and key not in words):
+            continue
+        if isinstance(item, dict):
+            out[key] = cedar_context(item, words)
+        elif type(item) is str or type(item) is bool:
+            out[key] = item
+        else:
+            out[key] = cedar_value(item)
     return out
+
+
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+_PLAIN_ID = re.compile(r"[A-Za-z0-9_.:@/+-]*")
+
+
+def _quoted(text: str) -> str:
+    """A Cedar string literal for an entity id (JSON quoting, fast for plain ids)."""
+    return f'"{text}"' if _PLAIN_ID.fullmatch(text) else json.dumps(text)
 
 
 class _Slice:
@@ -152,7 +168,7 @@ class _Compiled:
             "principal": request.principal_uid,
             "action": request.action_uid,
             "resource": request.resource_uid,
-            "context": json.dumps(cedar_value(context if part.words is None else prune(context, part.words))),
+            "context": _ENCODE(cedar_context(context, part.words)),
         }
         result = cedarpy.is_authorized(cedar_request, part.handle, entities)
         deciders = [part.source(pid) for pid in result.diagnostics.reasons]
@@ -188,7 +204,7 @@ class PolicyEngine:
         self.reload_interval = reload_interval
         self.last_error: str | None = None
         self._checked = time.monotonic()
-        self._entities: dict[tuple[Any, ...], cedarpy.Entities] = {}
+        self._entities: dict[str, tuple[Principal, cedarpy.Entities]] = {}
         self._stamp = self._stamps()
         self._load()
 
@@ -261,18 +277,18 @@ class PolicyEngine:
     # -- deciding -----------------------------------------------------------------------
 
     def entities(self, principal: Principal) -> cedarpy.Entities:
-        key = (principal.id, principal.tenant, principal.kind, principal.roles,
-               json.dumps(principal.attributes, sort_keys=True, default=str))
-        found = self._entities.get(key)
-        if found is None:
-            attrs = {"tenant": principal.tenant, "roles": sorted(principal.roles), "kind": principal.kind,
-                     **{k: cedar_value(v) for k, v in principal.attributes.items()}}
-            entity = {
-                "uid": {"type": principal.entity_type, "id": principal.id},
-                "attrs": attrs,
-                "parents": [{"type": "Role", "id": r} for r in sorted(principal.roles)],
-            }
-            found = self._entities[key] = cedarpy.Entities.from_json_str(json.dumps([entity]))
+        cached = self._entities.get(principal.id)
+        if cached is not None and (cached[0] is principal or cached[0] == principal):
+            return cached[1]
+        attrs = {"tenant": principal.tenant, "roles": sorted(principal.roles), "kind": principal.kind,
+                 **{k: cedar_value(v) for k, v in principal.attributes.items()}}
+        entity = {
+            "uid": {"type": principal.entity_type, "id": principal.id},
+            "attrs": attrs,
+            "parents": [{"type": "Role", "id": r} for r in sorted(principal.roles)],
+        }
+        found = cedarpy.Entities.from_json_str(json.dumps([entity]))
+        self._entities[principal.id] = (principal, found)
         return found
 
     def decide(self, request: PolicyRequest) -> Verdict:

@@ -456,9 +456,11 @@ class SqliteStore:
 
     def tool_usage(self, tenant: str | None, principal: str | None, tool: str, since: float) -> tuple[int, float]:
         """How many calls of ``tool`` completed for ``principal`` since ``since``, and their cost."""
+        if tenant is None or principal is None:
+            return 0, 0.0  # calls are counted per principal: a run without one has no history
         row = self._query(
             "SELECT COUNT(*), COALESCE(SUM(cost), 0) FROM tool_usage "
-            "WHERE tenant IS ? AND principal IS ? AND tool = ? AND at >= ?",
+            "WHERE tenant = ? AND principal = ? AND tool = ? AND at >= ?",
             (tenant, principal, tool, since),
         )[0]
         return int(row[0]), float(row[1])
