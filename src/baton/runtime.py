@@ -82,6 +82,9 @@ class Baton:
         self._workflows: dict[str, Workflow] = {}
 
     def close(self) -> None:
+        close_notifier = getattr(self.governance.notifier, "close", None)
+        if callable(close_notifier):
+            close_notifier()
         self.leases.stop()
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.store.close()

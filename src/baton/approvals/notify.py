@@ -54,6 +54,11 @@ class WebhookNotifier:
         for thread in list(self._threads):
             thread.join(timeout)
 
+    def close(self) -> None:
+        """Give deliveries under way a chance to finish before the process exits (a short
+        ``baton run`` that asked for an approval would otherwise drop its notification)."""
+        self.wait(timeout=self.timeout * (self.retries + 1))
+
     def _deliver(self, body: bytes, approval_id: str) -> bool:
         headers = {"Content-Type": "application/json", "User-Agent": "baton", **self.headers}
         for attempt in range(self.retries + 1):

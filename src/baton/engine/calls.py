@@ -156,7 +156,7 @@ class Calls:
             return CallPlan(tool, step_id, run=True, values=values, args_json=args_json)
         if verdict.effect == "deny":
             return CallPlan(tool, step_id, error=guard.denied(tool, step_id, verdict, decided))
-        guard.request(step_id, title=f"{tool.name} for {guard.principal_id or 'nobody'}", tool=tool.name,
+        guard.request(step_id, title=f"{tool.name} on {decided.resource}", tool=tool.name,
                       args_json=args_json, policies=verdict.policies, approvers=verdict.approvers,
                       expires_after=verdict.expires_after, escalate_to=verdict.escalate_to, before=[decided])
         raise Suspend()
