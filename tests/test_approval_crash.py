@@ -12,17 +12,14 @@ Random kill points come from a seed that is printed; set ``BATON_CRASH_SEED`` to
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
-import sqlite3
 import subprocess
-import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -35,12 +32,21 @@ from baton.config import Governance
 from baton.errors import ApprovalError
 from baton.journal import events as ev
 from baton.journal import verify_chain
+from crash_support import (
+    SEED_ENV,
+    WORKER_CODE,
+    WorkerChaos,
+    connect,
+    crash_seed,
+    kill_launched,
+    launch,
+    sqlite_url,
+    worker_env,
+)
 from crashapp import approval_workflows as aw
 
-SEED_ENV = "BATON_CRASH_SEED"
 WORKFLOW = f"{aw.WORKFLOWS_FILE}:refund"
 GATED = aw.GATED_STEP
-WORKER_CODE = "from baton import Baton; Baton().worker(concurrency=2).run(until_idle=True)"
 SERVING_WORKER_CODE = "from baton import Baton; Baton().worker(concurrency=2).run()"
 # Approves one request as bob. With "read" or "append" as its second argument it kills
 # itself right after that store call returns (the journal read; the decision written).
@@ -66,22 +72,10 @@ UNFINISHED = (RunStatus.PENDING, RunStatus.RUNNING, RunStatus.SLEEPING, RunStatu
 
 # -- processes -----------------------------------------------------------------------------
 
-_launched: list[subprocess.Popen[Any]] = []
-
-
 @pytest.fixture(autouse=True)
 def _no_process_left_behind() -> Iterator[None]:
-    """Whatever happens in a test, none of its processes outlives it."""
     yield
-    while _launched:
-        proc = _launched.pop()
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-
-
-def sqlite_url(path: Path) -> str:
-    return f"sqlite:///{path.resolve()}"
+    kill_launched()
 
 
 @dataclass
@@ -96,11 +90,7 @@ class App:
     def spawn(self, code: str = WORKER_CODE, *args: str, log: str = "worker.log",
               stdin: int | None = subprocess.DEVNULL, stdout: int | None = subprocess.DEVNULL,
               ) -> subprocess.Popen[str]:
-        with (self.tmp / log).open("a") as err:
-            proc = subprocess.Popen([sys.executable, "-c", code, *args], env=self.env, cwd=self.tmp,
-                                    stdin=stdin, stdout=stdout, stderr=err, text=True)
-        _launched.append(proc)
-        return proc
+        return launch(code, *args, env=self.env, cwd=self.tmp, log=self.tmp / log, stdin=stdin, stdout=stdout)
 
     def work(self) -> int:
         """Run a worker until nothing is left for it to do; its exit code."""
@@ -118,8 +108,7 @@ def make_app(tmp: Path, max_recoveries: int = 3) -> App:
     url = sqlite_url(tmp / "baton.db")
     service_db = str(tmp / "service.db")
     aw.init_service(service_db)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BATON_")}
-    env.update(BATON_DATABASE_URL=url, BATON_CONFIG=str(config), BATON_MAX_RECOVERIES=str(max_recoveries))
+    env = worker_env(url, max_recoveries, config)
     baton = Baton(Settings(database_url=url), governance=Governance.load(config))
     return App(tmp, baton, service_db, env)
 
@@ -138,12 +127,6 @@ def wait_until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> N
     while not check():
         assert time.monotonic() < deadline, f"gave up waiting ({timeout}s) until {what}"
         time.sleep(0.005)
-
-
-def the_seed() -> int:
-    seed = int(os.environ.get(SEED_ENV) or random.SystemRandom().randrange(2**32))
-    print(f"\napproval crash seed: {seed} (rerun with {SEED_ENV}={seed})")
-    return seed
 
 
 # -- runs and what the service saw -------------------------------------------------------------
@@ -180,15 +163,12 @@ class Service:
 
     @classmethod
     def read(cls, db: str) -> Service:
-        conn = aw.connect(db)
-        try:
+        with closing(connect(db)) as conn:
             effects = {key: (order, amount, json.loads(result), replays) for key, order, amount, result, replays
                        in conn.execute("SELECT key, order_id, amount, result, replays FROM effects")}
             ledger = list(conn.execute("SELECT entry, tool, key, order_id, amount FROM ledger ORDER BY entry"))
             invocations = Counter((tool, key) for tool, key in conn.execute("SELECT tool, key FROM invocations"))
             self_kills = {k: (t, p) for k, t, p in conn.execute("SELECT key, tool, phase FROM self_kills")}
-        finally:
-            conn.close()
         return cls(effects, ledger, invocations, self_kills)
 
     def ledger_rows(self, key: str) -> list[tuple[int, str, str, str, float]]:
@@ -487,7 +467,7 @@ def test_approver_killed_while_deciding(app: App) -> None:
     after it wrote the decision, and at random moments. The request is then pending or
     approved, never lost or decided twice; an approver never holds the run's lease, so its
     death leaves nothing to take over; each run completes once."""
-    seed = the_seed()
+    seed = crash_seed("approval crash")
     rng = random.Random(seed)
     baton = app.baton
     ways = ["issue", "transfer", "wire"]
@@ -549,72 +529,13 @@ MAX_KILL_DELAY = 0.120  # after the worker's first progress, kill within this ma
 CHAOS_BUDGET = 25.0
 
 
-@dataclass
-class Chaos:
-    """Keeps ``SLOTS`` worker processes going, each SIGKILLed a random moment after it made
-    progress (or left to exit when it has nothing to do), and replaced."""
-
-    app: App
-    seed: int
-    stop: threading.Event = field(default_factory=threading.Event)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    kills: list[tuple[int, bool]] = field(default_factory=list)  # (pid, held a run when killed)
-    started: int = 0
-    errors: list[str] = field(default_factory=list)
-
-    def slot(self, index: int) -> None:
-        rng = random.Random(f"{self.seed}/{index}")
-        conn = sqlite3.connect(self.app.tmp / "baton.db", timeout=30.0)
-        try:
-            while not self.stop.is_set():
-                self.cycle(rng, conn, f"worker-{index}.log")
-        except Exception as exc:  # noqa: BLE001 - reported by the test
-            with self.lock:
-                self.errors.append(f"slot {index}: {type(exc).__name__}: {exc}")
-        finally:
-            conn.close()
-
-    def cycle(self, rng: random.Random, conn: sqlite3.Connection, log: str) -> None:
-        delay = rng.uniform(0.0, MAX_KILL_DELAY)
-        baseline = self.event_count(conn)
-        proc = self.app.spawn(log=log)
-        with self.lock:
-            self.started += 1
-        mine = f"%:{proc.pid}:%"
-        deadline = time.monotonic() + 20.0
-        while proc.poll() is None and not (self.holds(conn, mine) and self.event_count(conn) > baseline):
-            if time.monotonic() > deadline:
-                with self.lock:
-                    self.errors.append(f"worker {proc.pid} made no progress in 20 s")
-                break
-            time.sleep(0.003)
-        if proc.poll() is None:
-            time.sleep(delay)
-        held = self.holds(conn, mine)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            if proc.wait(timeout=30) == -signal.SIGKILL:
-                with self.lock:
-                    self.kills.append((proc.pid, held))
-        proc.wait(timeout=30)
-
-    @staticmethod
-    def event_count(conn: sqlite3.Connection) -> int:
-        return int(conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
-
-    @staticmethod
-    def holds(conn: sqlite3.Connection, owner_pattern: str) -> bool:
-        return conn.execute("SELECT 1 FROM runs WHERE owner LIKE ? LIMIT 1", (owner_pattern,)).fetchone() is not None
-
-
 @pytest.mark.timeout(120)
 def test_batch_of_approved_runs_survives_random_worker_kills(tmp_path: Path) -> None:
-    seed = the_seed()
+    seed = crash_seed("approval crash")
     rng = random.Random(seed)
     app = make_app(tmp_path, max_recoveries=50)
     baton = app.baton
-    chaos = Chaos(app, seed)
-    threads = [threading.Thread(target=chaos.slot, args=(i,), daemon=True) for i in range(SLOTS)]
+    chaos = WorkerChaos(seed, tmp_path / "baton.db", app.env, tmp_path, MAX_KILL_DELAY)
     # Three runs kill their worker inside the approved refund once, at a chosen point.
     forced = {0: ("issue", "after"), 1: ("transfer", "after"), 2: ("transfer", "before")}
     try:
@@ -623,8 +544,7 @@ def test_batch_of_approved_runs_survives_random_worker_kills(tmp_path: Path) -> 
             via, crash = forced.get(i, (rng.choice(["issue", "transfer"]), ""))
             specs.append(start(app, f"o-{i}", via, crash, amount=100.0 + rng.randint(1, 900) + 0.25))
         t0 = time.monotonic()
-        for thread in threads:
-            thread.start()
+        chaos.start(SLOTS)
 
         def all_waiting() -> bool:
             return len(baton.approvals("bob")) == RUNS or bool(chaos.errors)
@@ -637,9 +557,7 @@ def test_batch_of_approved_runs_survives_random_worker_kills(tmp_path: Path) -> 
             return all(app.status(s.run_id) not in UNFINISHED for s in specs) or bool(chaos.errors)
 
         wait_until(all_settled, "every approved run is finished", timeout=CHAOS_BUDGET)
-        chaos.stop.set()
-        for thread in threads:
-            thread.join(timeout=60)
+        chaos.halt(timeout=60)
         assert not chaos.errors, chaos.errors
         last = app.work()
         seconds = time.monotonic() - t0
@@ -664,10 +582,7 @@ def test_batch_of_approved_runs_survives_random_worker_kills(tmp_path: Path) -> 
         assert not baton.approvals()
         assert "execution error" not in app.logs(), app.logs()[-3000:]
     finally:
-        chaos.stop.set()
-        for thread in threads:
-            if thread.is_alive():
-                thread.join(timeout=30)
+        chaos.halt(timeout=30)
         baton.close()
 
 

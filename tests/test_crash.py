@@ -8,17 +8,14 @@ one (the seed fixes the runs' inputs and the kill delays; process timing still v
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import sqlite3
-import subprocess
-import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +24,19 @@ import pytest
 from baton import Baton, RunStatus, Settings
 from baton.journal import events as ev
 from baton.journal import verify_chain
+from crash_support import (
+    SEED_ENV,
+    WorkerChaos,
+    connect,
+    crash_seed,
+    kill_launched,
+    sqlite_url,
+    start_worker,
+    worker_env,
+)
 from crashapp import crash_workflows as cw
 
-SEED_ENV = "BATON_CRASH_SEED"
 WORKFLOWS = str(cw.WORKFLOWS_FILE)
-WORKER_CODE = "from baton import Baton; Baton().worker(concurrency=2).run(until_idle=True)"
 
 MIN_KILLS = 50          # SIGKILLs of workers that held a run at the time
 RUNS_PER_WAVE = 12      # a new wave is started while kills are still needed
@@ -45,41 +50,10 @@ UNFINISHED = ("pending", "running", "sleeping", "waiting")
 # -- helpers ------------------------------------------------------------------------------
 
 
-def worker_env(db_url: str, max_recoveries: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BATON_")}
-    env["BATON_DATABASE_URL"] = db_url
-    env["BATON_MAX_RECOVERIES"] = str(max_recoveries)
-    return env
-
-
-_launched: list[subprocess.Popen[bytes]] = []
-
-
-def start_worker(env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as err:
-        proc = subprocess.Popen([sys.executable, "-c", WORKER_CODE], env=env, cwd=cwd,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
-    _launched.append(proc)
-    return proc
-
-
 @pytest.fixture(autouse=True)
 def _no_worker_left_behind() -> Iterator[None]:
-    """Whatever happens in a test, none of its worker processes outlives it."""
     yield
-    while _launched:
-        proc = _launched.pop()
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-
-
-def sqlite_url(path: Path) -> str:
-    return f"sqlite:///{path.resolve()}"
-
-
-def events_of(baton: Baton, run_id: str, kind: type[ev.Event]) -> list[Any]:
-    return [e for e in baton.events(run_id) if isinstance(e, kind)]
+    kill_launched()
 
 
 @dataclass
@@ -101,8 +75,7 @@ class Service:
 
     @classmethod
     def read(cls, db: str) -> Service:
-        conn = cw.connect(db)
-        try:
+        with closing(connect(db)) as conn:
             effects = {
                 key: (run, step, amount, json.loads(result), replays)
                 for key, run, step, amount, result, replays in conn.execute(
@@ -111,94 +84,19 @@ class Service:
             ledger = list(conn.execute("SELECT entry, key, run, step, amount FROM ledger ORDER BY entry"))
             invocations = Counter(k for (k,) in conn.execute("SELECT key FROM invocations"))
             self_kills = {k: (t, p) for k, t, p in conn.execute("SELECT key, tool, pid FROM self_kills")}
-        finally:
-            conn.close()
         return cls(effects, ledger, invocations, self_kills)
 
 
 # -- the chaos phase -------------------------------------------------------------------------
 
 
-@dataclass
-class Chaos:
-    """Keeps ``SLOTS`` worker processes going, each SIGKILLed a random 0-150 ms after it has
-    made progress, and restarted."""
-
-    seed: int
-    baton_db: Path
-    service_db: str
-    env: dict[str, str]
-    tmp: Path
-    stop: threading.Event = field(default_factory=threading.Event)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    kills: list[tuple[int, bool]] = field(default_factory=list)   # (pid, held a run)
-    started: int = 0
-    exits: Counter[int] = field(default_factory=Counter)          # return codes of unkilled workers
-    errors: list[str] = field(default_factory=list)
-
-    def self_kill_pids(self) -> set[int]:
-        conn = cw.connect(self.service_db)
-        try:
-            return {pid for (pid,) in conn.execute("SELECT pid FROM self_kills")}
-        finally:
-            conn.close()
-
-    def mid_work_kills(self) -> int:
-        """Kills we sent to a worker that held a run (not counting workers that had just
-        killed themselves on purpose)."""
-        own = self.self_kill_pids()
-        with self.lock:
-            return sum(1 for pid, held in self.kills if held and pid not in own)
-
-    def slot(self, index: int) -> None:
-        rng = random.Random(f"{self.seed}/{index}")
-        conn = sqlite3.connect(self.baton_db, timeout=30.0)
-        try:
-            while not self.stop.is_set():
-                self.cycle(rng, conn, self.tmp / f"worker-{index}.log")
-        except Exception as exc:  # noqa: BLE001 - reported by the test
-            with self.lock:
-                self.errors.append(f"slot {index}: {type(exc).__name__}: {exc}")
-        finally:
-            conn.close()
-
-    def cycle(self, rng: random.Random, conn: sqlite3.Connection, log: Path) -> None:
-        delay = rng.uniform(0.0, MAX_KILL_DELAY)
-        baseline = self.event_count(conn)
-        proc = start_worker(self.env, self.tmp, log)
-        with self.lock:
-            self.started += 1
-        mine = f"%:{proc.pid}:%"
-        deadline = time.monotonic() + 20.0
-        while proc.poll() is None:
-            if self.holds(conn, mine) and self.event_count(conn) > baseline:
-                break
-            if time.monotonic() > deadline:
-                with self.lock:
-                    self.errors.append(f"worker {proc.pid} made no progress in 20 s")
-                break
-            time.sleep(0.003)
-        if proc.poll() is None:
-            time.sleep(delay)
-        held = self.holds(conn, mine)
-        sent = proc.poll() is None
-        if sent:
-            proc.send_signal(signal.SIGKILL)
-        rc = proc.wait(timeout=30)
-        with self.lock:
-            if sent:
-                self.kills.append((proc.pid, held))
-            else:
-                self.exits[rc] += 1
-
-    @staticmethod
-    def event_count(conn: sqlite3.Connection) -> int:
-        return int(conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
-
-    @staticmethod
-    def holds(conn: sqlite3.Connection, owner_pattern: str) -> bool:
-        row = conn.execute("SELECT 1 FROM runs WHERE owner LIKE ? LIMIT 1", (owner_pattern,)).fetchone()
-        return row is not None
+def mid_work_kills(chaos: WorkerChaos, service_db: str) -> int:
+    """Kills we sent to a worker that held a run (not counting workers that had just
+    killed themselves on purpose)."""
+    with closing(connect(service_db)) as conn:
+        own = {pid for (pid,) in conn.execute("SELECT pid FROM self_kills")}
+    with chaos.lock:
+        return sum(1 for pid, held in chaos.kills if held and pid not in own)
 
 
 def start_wave(baton: Baton, rng: random.Random, service_db: str, *, forced: bool) -> list[RunSpec]:
@@ -285,40 +183,35 @@ def check_run(baton: Baton, spec: RunSpec, service: Service) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_random_sigkills_lose_nothing_and_repeat_nothing(tmp_path: Path) -> None:
-    seed = int(os.environ.get(SEED_ENV) or random.SystemRandom().randrange(2**32))
-    print(f"\ncrash test seed: {seed} (rerun with {SEED_ENV}={seed})")
+    seed = crash_seed("crash test")
     rng = random.Random(seed)
     baton_db = tmp_path / "baton.db"
     service_db = str(tmp_path / "service.db")
     cw.init_service(service_db)
     env = worker_env(sqlite_url(baton_db), max_recoveries=50)
     baton = Baton(Settings(database_url=sqlite_url(baton_db)))
-    chaos = Chaos(seed, baton_db, service_db, env, tmp_path)
-    threads = [threading.Thread(target=chaos.slot, args=(i,), daemon=True) for i in range(SLOTS)]
+    chaos = WorkerChaos(seed, baton_db, env, tmp_path, MAX_KILL_DELAY)
     t0 = time.monotonic()
     try:
         specs = start_wave(baton, rng, service_db, forced=True)
         forced_keys = {f"{s.run_id}:{step}" for s in specs for step in s.crash_steps}
-        for thread in threads:
-            thread.start()
-        while chaos.mid_work_kills() < MIN_KILLS and time.monotonic() - t0 < CHAOS_BUDGET:
+        chaos.start(SLOTS)
+        while mid_work_kills(chaos, service_db) < MIN_KILLS and time.monotonic() - t0 < CHAOS_BUDGET:
             if chaos.errors:
                 break
             if unfinished_runs(baton_db) < 2 * SLOTS:
                 specs += start_wave(baton, rng, service_db, forced=False)
             time.sleep(0.05)
-        chaos.stop.set()
-        for thread in threads:
-            thread.join(timeout=60)
+        chaos.halt(timeout=60)
         chaos_seconds = time.monotonic() - t0
 
         # The last worker takes over whatever the killed ones held and finishes everything.
-        last = start_worker(env, tmp_path, tmp_path / "worker-last.log")
+        last = start_worker(env, tmp_path, "worker-last.log")
         last_rc = last.wait(timeout=60)
         total_seconds = time.monotonic() - t0
 
         service = Service.read(service_db)
-        kills = chaos.mid_work_kills()
+        kills = mid_work_kills(chaos, service_db)
         all_events = {s.run_id: baton.events(s.run_id) for s in specs}
         recovered = sum(isinstance(e, ev.RunRecovered) for evs in all_events.values() for e in evs)
         reconciled = [(s.run_id, e) for s in specs for e in all_events[s.run_id]
@@ -367,10 +260,7 @@ def test_random_sigkills_lose_nothing_and_repeat_nothing(tmp_path: Path) -> None
         assert retried, f"no tool call was ever retried {context}"
         assert "execution error" not in logs, logs[-3000:]
     finally:
-        chaos.stop.set()
-        for thread in threads:
-            if thread.is_alive():
-                thread.join(timeout=30)
+        chaos.halt(timeout=30)
         baton.close()
 
 
@@ -390,7 +280,7 @@ def test_crash_loop_fails_the_run_after_max_recoveries(tmp_path: Path) -> None:
             status = baton.get_run(run_id).status
             if status.terminal or status is RunStatus.NEEDS_ATTENTION:
                 break
-            worker = start_worker(env, tmp_path, tmp_path / "worker.log")
+            worker = start_worker(env, tmp_path)
             codes.append(worker.wait(timeout=30))
 
         record = baton.get_run(run_id)
@@ -426,7 +316,7 @@ def test_unreconcilable_call_killed_mid_call_needs_attention(tmp_path: Path) -> 
     with Baton(Settings(database_url=sqlite_url(baton_db))) as baton:
         run_id = baton.start(f"{WORKFLOWS}:unreconcilable", {"db": service_db})
         key = f"{run_id}:2"
-        worker = start_worker(env, tmp_path, tmp_path / "worker.log")
+        worker = start_worker(env, tmp_path)
         deadline = time.monotonic() + 30
         while not any(row[1] == key for row in Service.read(service_db).ledger):
             assert worker.poll() is None, f"worker exited {worker.returncode} before the transfer"
@@ -438,7 +328,7 @@ def test_unreconcilable_call_killed_mid_call_needs_attention(tmp_path: Path) -> 
 
         codes: list[int] = []
         for _ in range(2):  # the first takes the run over; the second must leave it alone
-            codes.append(start_worker(env, tmp_path, tmp_path / "worker.log").wait(timeout=30))
+            codes.append(start_worker(env, tmp_path).wait(timeout=30))
         assert codes == [0, 0], (tmp_path / "worker.log").read_text()[-3000:]
 
         record = baton.get_run(run_id)

@@ -28,27 +28,34 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import secrets
-import signal
-import sqlite3
-import time
+import sys
 from pathlib import Path
 from typing import Any
 
-from baton import Context, Reconciled, tool, workflow
+from baton import Context, tool, workflow
+
+# Workers load this file by path and put only its own folder on sys.path; the helpers it
+# shares with the crash tests are one level up.
+sys.path.append(str(Path(__file__).resolve().parents[1]))
+
+from crash_support import (
+    SERVICE_TABLES,
+    create_tables,
+    die,
+    find_ledger_entry,
+    first_self_kill,
+    network_pause,
+    record_invocation,
+    replayed_result,
+    transaction,
+)
 
 WORKFLOWS_FILE = Path(__file__).resolve()
 GATED_STEP = 2
 """The refund is the workflow's second step: its idempotency key is ``f"{run_id}:2"``."""
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS invocations (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    tool TEXT NOT NULL,
-    key TEXT NOT NULL,
-    pid INTEGER NOT NULL
-);
 CREATE TABLE IF NOT EXISTS effects (
     key TEXT PRIMARY KEY,
     order_id TEXT NOT NULL,
@@ -66,12 +73,6 @@ CREATE TABLE IF NOT EXISTS ledger (
 CREATE TABLE IF NOT EXISTS passes (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     run TEXT NOT NULL,
-    pid INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS self_kills (
-    key TEXT PRIMARY KEY,
-    tool TEXT NOT NULL,
-    phase TEXT NOT NULL,
     pid INTEGER NOT NULL
 );
 """
@@ -114,80 +115,45 @@ def write_config(directory: Path) -> Path:
     return config
 
 
-def connect(db: str) -> sqlite3.Connection:
-    conn = sqlite3.connect(db, timeout=30.0, isolation_level=None)
-    conn.execute("PRAGMA journal_mode = WAL")
-    return conn
-
-
 def init_service(db: str) -> None:
-    conn = connect(db)
-    try:
-        conn.executescript(SCHEMA)
-    finally:
-        conn.close()
+    create_tables(db, SERVICE_TABLES + SCHEMA)
 
 
 def _pause() -> None:
-    """A few milliseconds of 'network': a window for a kill between intent and completion."""
-    time.sleep(random.uniform(0.002, 0.015))
-
-
-def _invoked(db: str, tool_name: str, key: str) -> None:
-    conn = connect(db)
-    try:
-        conn.execute("INSERT INTO invocations (tool, key, pid) VALUES (?, ?, ?)", (tool_name, key, os.getpid()))
-    finally:
-        conn.close()
-
-
-def _die() -> None:
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _first_time(conn: sqlite3.Connection, key: str, tool_name: str, phase: str) -> bool:
-    """Inside a transaction: note that the call with ``key`` kills its process at ``phase``;
-    ``False`` if it already did so once."""
-    if conn.execute("SELECT 1 FROM self_kills WHERE key = ?", (key,)).fetchone():
-        return False
-    conn.execute("INSERT INTO self_kills (key, tool, phase, pid) VALUES (?, ?, ?, ?)",
-                 (key, tool_name, phase, os.getpid()))
-    return True
+    network_pause(0.002, 0.015)
 
 
 def _maybe_die_before(db: str, key: str, tool_name: str, crash: str) -> None:
     """With ``crash="before"``, the first call for ``key`` dies here, having done nothing."""
     if crash != "before":
         return
-    conn = connect(db)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        kill = _first_time(conn, key, tool_name, "before")
-        conn.execute("COMMIT")
-    finally:
-        conn.close()
+    with transaction(db) as conn:
+        kill = first_self_kill(conn, key, tool_name, "before")
     if kill:
-        _die()
+        die()
+
+
+def _refund_called(db: str, tool_name: str, key: str, crash: str) -> None:
+    """What every refund tool does before its effect: the raw call is counted even when the
+    worker then dies."""
+    record_invocation(db, tool_name, key)
+    _maybe_die_before(db, key, tool_name, crash)
+    _pause()
 
 
 def _workflow_pass(db: str, run: str, crash: str) -> None:
     """Count a pass of the workflow through its refund step; die there if ``crash`` says so."""
     if crash not in ("pickup", "pickup-twice", "pickup-thrice"):
         return
-    conn = connect(db)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
+    with transaction(db) as conn:
         conn.execute("INSERT INTO passes (run, pid) VALUES (?, ?)", (run, os.getpid()))
         count = conn.execute("SELECT COUNT(*) FROM passes WHERE run = ?", (run,)).fetchone()[0]
         if crash == "pickup":
-            kill = count == 2 and _first_time(conn, f"{run}:pickup", "refund", "pickup")
+            kill = count == 2 and first_self_kill(conn, f"{run}:pickup", "refund", "pickup")
         else:
             kill = count in ((2, 3) if crash == "pickup-twice" else (2, 3, 4))
-        conn.execute("COMMIT")
-    finally:
-        conn.close()
     if kill:
-        _die()
+        die()
 
 
 # -- ungated steps -----------------------------------------------------------------------
@@ -195,14 +161,14 @@ def _workflow_pass(db: str, run: str, crash: str) -> None:
 
 @tool(idempotent=True, resource="Order::{order_id}")
 def look_up_order(db: str, order_id: str, *, idempotency_key: str) -> dict[str, Any]:
-    _invoked(db, "look_up_order", idempotency_key)
+    record_invocation(db, "look_up_order", idempotency_key)
     _pause()
     return {"order_id": order_id, "customer": f"cust-{order_id}"}
 
 
 @tool(idempotent=True, resource="Order::{order_id}")
 def close_ticket(db: str, order_id: str, *, idempotency_key: str) -> str:
-    _invoked(db, "close_ticket", idempotency_key)
+    record_invocation(db, "close_ticket", idempotency_key)
     _pause()
     return f"closed-{order_id}"
 
@@ -214,26 +180,16 @@ def close_ticket(db: str, order_id: str, *, idempotency_key: str) -> str:
 def issue_refund(db: str, order_id: str, amount: float, crash: str = "", *,
                  idempotency_key: str) -> dict[str, Any]:
     """Refund ``amount``, like a payment API that honours idempotency keys."""
-    _invoked(db, "issue_refund", idempotency_key)
-    _maybe_die_before(db, idempotency_key, "issue_refund", crash)
-    _pause()
-    conn = connect(db)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        row = conn.execute("SELECT result FROM effects WHERE key = ?", (idempotency_key,)).fetchone()
-        if row is not None:
-            conn.execute("UPDATE effects SET replays = replays + 1 WHERE key = ?", (idempotency_key,))
-            result: dict[str, Any] = json.loads(row[0])
-        else:
+    _refund_called(db, "issue_refund", idempotency_key, crash)
+    with transaction(db) as conn:
+        result = replayed_result(conn, idempotency_key)
+        if result is None:
             result = {"refund_id": f"re_{secrets.token_hex(6)}", "amount": amount}
             conn.execute("INSERT INTO effects (key, order_id, amount, result) VALUES (?, ?, ?, ?)",
                          (idempotency_key, order_id, amount, json.dumps(result)))
-        kill = crash == "after" and _first_time(conn, idempotency_key, "issue_refund", "after")
-        conn.execute("COMMIT")
-    finally:
-        conn.close()
+        kill = crash == "after" and first_self_kill(conn, idempotency_key, "issue_refund", "after")
     if kill:
-        _die()
+        die()
     _pause()
     return result
 
@@ -241,58 +197,33 @@ def issue_refund(db: str, order_id: str, amount: float, crash: str = "", *,
 # -- the non-idempotent refunds --------------------------------------------------------------
 
 
-def _append_ledger(db: str, tool_name: str, order_id: str, amount: float, key: str, crash: str) -> int:
-    conn = connect(db)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        cur = conn.execute("INSERT INTO ledger (tool, key, order_id, amount) VALUES (?, ?, ?, ?)",
-                           (tool_name, key, order_id, amount))
-        entry = cur.lastrowid
-        kill = crash == "after" and _first_time(conn, key, tool_name, "after")
-        conn.execute("COMMIT")
-    finally:
-        conn.close()
+def _ledger_refund(db: str, tool_name: str, order_id: str, amount: float, crash: str,
+                   key: str) -> dict[str, Any]:
+    """The two ledger refunds differ only in whether they can be reconciled."""
+    _refund_called(db, tool_name, key, crash)
+    with transaction(db) as conn:
+        entry = conn.execute("INSERT INTO ledger (tool, key, order_id, amount) VALUES (?, ?, ?, ?)",
+                             (tool_name, key, order_id, amount)).lastrowid
+        kill = crash == "after" and first_self_kill(conn, key, tool_name, "after")
     if kill:
-        _die()
-    assert entry is not None
-    return entry
+        die()
+    _pause()
+    return {"entry": entry, "amount": amount}
 
 
-def find_transfer(db: str, idempotency_key: str) -> Reconciled:
-    """Did the transfer with this key reach the ledger?"""
-    conn = connect(db)
-    try:
-        row = conn.execute("SELECT entry, amount FROM ledger WHERE key = ?", (idempotency_key,)).fetchone()
-    finally:
-        conn.close()
-    if row is None:
-        return Reconciled(applied=False)
-    return Reconciled(applied=True, result={"entry": row[0], "amount": row[1]})
-
-
-@tool(reconcile=find_transfer, resource="Order::{order_id}", cost=lambda amount: amount)
+@tool(reconcile=find_ledger_entry, resource="Order::{order_id}", cost=lambda amount: amount)
 def transfer_refund(db: str, order_id: str, amount: float, crash: str = "", *,
                     idempotency_key: str) -> dict[str, Any]:
     """Append to a ledger that knows nothing of idempotency keys (it only stores them, so
-    that ``find_transfer`` can answer)."""
-    _invoked(db, "transfer_refund", idempotency_key)
-    _maybe_die_before(db, idempotency_key, "transfer_refund", crash)
-    _pause()
-    entry = _append_ledger(db, "transfer_refund", order_id, amount, idempotency_key, crash)
-    _pause()
-    return {"entry": entry, "amount": amount}
+    that ``find_ledger_entry`` can answer)."""
+    return _ledger_refund(db, "transfer_refund", order_id, amount, crash, idempotency_key)
 
 
 @tool(resource="Order::{order_id}", cost=lambda amount: amount)
 def wire_refund(db: str, order_id: str, amount: float, crash: str = "", *,
                 idempotency_key: str) -> dict[str, Any]:
     """Moves money and has no way to ask whether a call took effect."""
-    _invoked(db, "wire_refund", idempotency_key)
-    _maybe_die_before(db, idempotency_key, "wire_refund", crash)
-    _pause()
-    entry = _append_ledger(db, "wire_refund", order_id, amount, idempotency_key, crash)
-    _pause()
-    return {"entry": entry, "amount": amount}
+    return _ledger_refund(db, "wire_refund", order_id, amount, crash, idempotency_key)
 
 
 REFUNDS = {"issue": issue_refund, "transfer": transfer_refund, "wire": wire_refund}
