@@ -682,3 +682,50 @@ def test_a_run_needs_a_known_principal(tmp_path: Path, calls: list[Any]) -> None
         (decision,) = decided(baton, run_id)
         assert decision.effect == "deny" and "not a known principal" in decision.errors[0]
         assert calls == []
+
+
+# -- leaving attributes out of the context never changes a decision -------------------------
+
+PRUNING_POLICIES = """
+permit(principal, action, resource);
+@approval("role:manager")
+forbid(principal, action == Action::"pay", resource) when { context.args has amount && context.args.amount > 50 };
+forbid(principal, action, resource) when { context.a == context.b };
+forbid(principal, action, resource) when { context has c && context.c.d == "x" };
+forbid(principal, action, resource) when { [context.e].contains(context.f) };
+forbid(principal, action == Action::"pay", resource) when { context["args"]["flag"] == true };
+"""
+names = st.sampled_from(["a", "b", "c", "d", "e", "f", "g", "x", "amount", "flag"])
+leaves = st.integers(min_value=0, max_value=100) | st.booleans() | st.sampled_from(["x", "y"])
+records = st.recursive(st.dictionaries(names, leaves, max_size=3),
+                       lambda inner: st.dictionaries(names, leaves | inner, max_size=3), max_leaves=8)
+
+
+# Contexts where the compared attributes are often records that differ only in keys no
+# policy names: exactly where leaving keys out could make two records look equal.
+unnamed = st.dictionaries(st.sampled_from(["g", "h", "x"]), leaves, max_size=2)
+contexts = st.fixed_dictionaries({}, optional={"a": unnamed | leaves, "b": unnamed | leaves, "c": records,
+                                               "e": unnamed, "f": unnamed, "g": records})
+
+
+@settings(max_examples=300, deadline=None)
+@given(context=contexts, args=st.dictionaries(names, leaves, max_size=3), tool=st.sampled_from(["pay", "look"]))
+def test_pruning_the_context_never_changes_a_decision(tmp_path_factory: pytest.TempPathFactory,
+                                                      context: dict[str, Any], args: dict[str, Any],
+                                                      tool: str) -> None:
+    import baton.policy.engine as engine_module
+
+    folder = tmp_path_factory.mktemp("pruning")
+    (folder / "p.cedar").write_text(PRUNING_POLICIES)
+    pruned = PolicyEngine([PolicyFile(folder / "p.cedar")])
+    request = PolicyRequest(ALICE, tool, ("Order", "1"), args, context)
+    original = engine_module.pruning
+    engine_module.pruning = lambda text: None
+    try:
+        whole = PolicyEngine([PolicyFile(folder / "p.cedar")])
+        expected = whole.decide(request)
+    finally:
+        engine_module.pruning = original
+    assert pruned.enforced.slice(tool).keep is not None  # the property is about pruning: it must happen
+    got = pruned.decide(request)
+    assert (got.effect, got.policies) == (expected.effect, expected.policies)

@@ -96,22 +96,54 @@ _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _RECORD_LITERAL = re.compile(r'\{\s*"?[A-Za-z_][A-Za-z0-9_]*"?\s*:')
 
 
-def cedar_context(value: dict[str, Any], words: frozenset[str] | None) -> dict[str, Any]:
+def cedar_context(value: dict[str, Any], keep: Pruning | None) -> dict[str, Any]:
     """The context as Cedar reads it (see :func:`cedar_value`), without the attributes no
     policy names: Cedar reads attributes only by name, so a key no policy text mentions
     cannot change a decision, and leaving it out saves Cedar parsing it (a decimal costs
-    more than the rest of a small request). One pass, as this runs for every step."""
+    more than the rest of a small request). A record a policy uses whole (``context.a ==
+    context.b``) is kept whole. One pass, as this runs for every step."""
     out: dict[str, Any] = {}
     for key, item in value.items():
-        if item is None or (words is not None and key not in words):
+        if item is None or (keep is not None and key not in keep.words):
             continue
         if isinstance(item, dict):
-            out[key] = cedar_context(item, words)
+            out[key] = cedar_value(item) if keep is not None and key in keep.whole else cedar_context(item, keep)
         elif type(item) is str or type(item) is bool:
             out[key] = item
         else:
             out[key] = cedar_value(item)
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class Pruning:
+    words: frozenset[str]
+    """Every name in the policies' text: attributes not among them are left out."""
+    whole: frozenset[str]
+    """Attributes whose value a policy uses as a whole (compared, put in a set)."""
+
+
+_CONTEXT_PATH = re.compile(r'\bcontext((?:\s*\.\s*[A-Za-z_]\w*|\s*\[\s*"(?:[^"\\]|\\.)*"\s*\])*)(\s*\()?')
+_STEP = re.compile(r'\.\s*([A-Za-z_]\w*)|\[\s*"((?:[^"\\]|\\.)*)"\s*\]')
+_HAS = re.compile(r"\s*has\b")
+
+
+def pruning(text: str) -> Pruning | None:
+    """What may be left out of the context for these policies; ``None``: nothing (a policy
+    compares the whole context, or holds a record literal that could be compared with it)."""
+    if _RECORD_LITERAL.search(text):
+        return None
+    whole: set[str] = set()
+    for match in _CONTEXT_PATH.finditer(text):
+        names = [a or b for a, b in _STEP.findall(match.group(1))]
+        if match.group(2):  # ``.greaterThan(`` and the like: the last name is a method
+            names = names[:-1]
+        if _HAS.match(text, match.end()):
+            continue  # ``context.a has b`` only asks whether ``b`` is there: it is named
+        if not names:
+            return None  # the context itself, used whole
+        whole.add(names[-1])
+    return Pruning(frozenset(_WORD.findall(text)), frozenset(whole))
 
 
 _ENCODE = json.JSONEncoder(separators=(",", ":")).encode
@@ -131,7 +163,7 @@ class _Slice:
         self.sources = sources
         text = "\n".join(s.text for s in sources)
         self.handle = cedarpy.PolicySet.from_str(text) if sources else None
-        self.words = None if _RECORD_LITERAL.search(text) else frozenset(_WORD.findall(text))
+        self.keep = pruning(text)
 
     def source(self, cedar_id: str) -> PolicySource:
         return self.sources[int(cedar_id.removeprefix("policy"))]
@@ -168,7 +200,7 @@ class _Compiled:
             "principal": request.principal_uid,
             "action": request.action_uid,
             "resource": request.resource_uid,
-            "context": _ENCODE(cedar_context(context, part.words)),
+            "context": _ENCODE(cedar_context(context, part.keep)),
         }
         result = cedarpy.is_authorized(cedar_request, part.handle, entities)
         deciders = [part.source(pid) for pid in result.diagnostics.reasons]
@@ -311,7 +343,7 @@ class PolicyEngine:
     def _decide(self, full: _Compiled, ungated: _Compiled | None, request: PolicyRequest,
                 context: dict[str, Any], entities: cedarpy.Entities) -> Verdict:
         allowed, deciders, errors = full.evaluate(request, context, entities)
-        ids = tuple(s.id for s in deciders)
+        ids = tuple(sorted(s.id for s in deciders))
         if allowed:
             return Verdict("allow", ids, tuple(errors))
         gates = [s for s in deciders if s.gate]
@@ -321,7 +353,7 @@ class PolicyEngine:
             ungated = _Compiled([s for s in full.sources if not s.gate])
         open_allowed, open_deciders, open_errors = ungated.evaluate(request, context, entities)
         if not open_allowed:
-            return Verdict("deny", tuple(s.id for s in open_deciders), tuple(errors + open_errors))
+            return Verdict("deny", tuple(sorted(s.id for s in open_deciders)), tuple(errors + open_errors))
         approvers = _all_of(gates)
         if not approvers:
             return Verdict("deny", ids, (*errors, "the approval policies that apply name no approver "
