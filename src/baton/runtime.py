@@ -352,12 +352,16 @@ class Baton:
         try:
             events = [decode(r) for r in self.store.read(run_id)]
             x = Execution(store=self.store, settings=self.settings, clock=self.clock,
-                          pool=self.pool, run=record, events=events)
+                          pool=self.pool, run=record, events=events, governance=self.governance)
             rec = x.state.steps.get(step_id)
             if record.status is not RunStatus.NEEDS_ATTENTION or rec is None or not rec.in_flight:
                 raise UsageError(f"step {step_id} of run {run_id} is not in doubt")
+            tool = self._tool_named(record.workflow_ref, rec.name)
             if applied:
-                self._check_resolved_result(record.workflow_ref, rec.name, result)
+                json_text(result, "the result")
+                if tool is not None:
+                    self._check_resolved_result(tool, result)
+                    x.tools[step_id] = tool  # so that the call counts in the principal's history
             x.append([ev.StepResolved(step_id=step_id, applied=applied, result=result, by=by, note=note)])
         except Fenced:
             raise UsageError(f"run {run_id} moved on while resolving; try again") from None
@@ -366,22 +370,24 @@ class Baton:
         finally:
             self.let_go(run_id)
 
-    def _check_resolved_result(self, workflow_ref: str, tool_name: str, result: Any) -> None:
-        """A result given by hand must be one the workflow can read back."""
-        json_text(result, "the result")
+    def _tool_named(self, workflow_ref: str, tool_name: str) -> Tool[Any, Any] | None:
+        """The tool a run's step called, found in its workflow's module, if it loads here."""
         try:
             module = sys.modules[self.workflow_for(workflow_ref).fn.__module__]
         except (BatonError, KeyError):
-            return  # the code cannot be loaded here; replay will say so if the shape is wrong
+            return None  # the code cannot be loaded here; replay will say so if the shape is wrong
         found = [v for v in vars(module).values() if isinstance(v, Tool) and v.name == tool_name]
-        if not found:
-            return
+        return found[0] if found else None
+
+    @staticmethod
+    def _check_resolved_result(tool: Tool[Any, Any], result: Any) -> None:
+        """A result given by hand must be one the workflow can read back."""
         try:
-            found[0].decode_result(result)
+            tool.decode_result(result)
         except Exception as exc:  # noqa: BLE001 - Pydantic's message, shortened to one line
-            wanted = found[0].result_adapter.json_schema().get("type", "its return type")
+            wanted = tool.result_adapter.json_schema().get("type", "its return type")
             raise UsageError(
-                f"{tool_name} returns {wanted}; the result given does not fit it "
+                f"{tool.name} returns {wanted}; the result given does not fit it "
                 f"({str(exc).splitlines()[0]}): pass it with --result JSON"
             ) from None
 
@@ -405,7 +411,7 @@ class Baton:
         who = self.governance.directory.require(principal) if principal is not None else None
         found = self.store.get_approval(approval_id)
         if found is None:
-            matches = self.store.find_approval(approval_id) if approval_id else []
+            matches = self.store.find_approval(approval_id, who.tenant if who else None) if approval_id else []
             if len(matches) > 1:
                 raise UsageError(f"{approval_id!r} matches several approval requests: {', '.join(matches[:5])}")
             found = self.store.get_approval(matches[0]) if matches else None

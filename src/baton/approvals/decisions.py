@@ -7,12 +7,14 @@ the decider, names approvers the decider is not one of, or has expired.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from ..engine.execution import Execution
 from ..engine.stops import Fenced, StoreFailed
 from ..errors import ApprovalError, UsageError
+from ..identity import Principal
 from ..journal import decode
 from ..journal import events as ev
 from .requests import ApprovalRecord
@@ -31,11 +33,37 @@ def _when(epoch: float | None) -> str:
     return "?" if epoch is None else datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _append(baton: Baton, record: ApprovalRecord, decision: ev.Event) -> None:
+@dataclass(frozen=True, slots=True)
+class _Standing:
+    """What a decision is checked against: from the index first (for the message), then
+    from the run's journal, which is what counts."""
+
+    requester: str | None
+    approvers: list[str]
+    expires_at: float
+    escalates: bool
+
+
+def _check(baton: Baton, who: Principal, verb: str, name: str, standing: _Standing) -> None:
+    if standing.requester == who.id:
+        raise ApprovalError(f"{who.id} asked for approval {name} and cannot {verb} it: "
+                            "someone else must decide")
+    if not who.may_act_as(standing.approvers):
+        roles = ", ".join(sorted(who.roles)) or "none"
+        raise ApprovalError(f"{who.id} may not {verb} approval {name}: it needs "
+                            f"{describe_approvers(standing.approvers)} (roles of {who.id}: {roles})")
+    if baton.clock.time() >= standing.expires_at:
+        then = "escalated" if standing.escalates else "denied"
+        raise ApprovalError(f"approval {name} expired at {_when(standing.expires_at)}; it will be {then} "
+                            "when the run is next picked up")
+
+
+def _append(baton: Baton, record: ApprovalRecord, who: Principal, verb: str, decision: ev.Event) -> None:
     """Append the decision at the run's head, without taking its lease: an approver that
     dies mid-way leaves nothing behind (no lease to expire, no takeover to count against
-    the run). If the head moves first, the journal is read again and the checks redone; a
-    worker executing the run meanwhile is fenced off by this append, as by any other."""
+    the run). The checks are made again against the journal just read (an escalation may
+    have changed who may decide); if the head moves before the append, all of it is done
+    again. A worker executing the run meanwhile is fenced off by this append, as by any other."""
     name = record.approval_id
     for _ in range(50):
         run = baton.get_run(record.run_id)
@@ -48,6 +76,9 @@ def _append(baton: Baton, record: ApprovalRecord, decision: ev.Event) -> None:
         approval = rec.approval if rec is not None else None
         if approval is None or approval.request.approval_id != name or approval.status != "pending":
             raise ApprovalError(f"approval {name} is no longer pending")
+        request = approval.request
+        _check(baton, who, verb, name, _Standing(request.requester, approval.approvers, approval.expires_at,
+                                                 bool(request.escalate_to) and not approval.escalated))
         if x.head_seq != len(events):
             continue  # the journal grew between the two reads
         try:
@@ -72,23 +103,14 @@ def decide(baton: Baton, approval_id: str, *, principal: str, approve: bool, rea
         by = f" by {record.decided_by}" if record.decided_by else ""
         raise ApprovalError(f"approval {name} was already {record.status}{by} at {_when(record.decided_at)}; "
                             "a request is decided once")
-    if record.requester == who.id:
-        raise ApprovalError(f"{who.id} asked for approval {name} and cannot {verb} it: "
-                            "someone else must decide")
-    if not who.may_act_as(record.approvers):
-        roles = ", ".join(sorted(who.roles)) or "none"
-        raise ApprovalError(f"{who.id} may not {verb} approval {name}: it needs "
-                            f"{describe_approvers(record.approvers)} (roles of {who.id}: {roles})")
-    if baton.clock.time() >= record.expires_at:
-        then = "escalated" if record.request_escalates else "denied"
-        raise ApprovalError(f"approval {name} expired at {_when(record.expires_at)}; it will be {then} "
-                            "when the run is next picked up")
+    _check(baton, who, verb, name, _Standing(record.requester, record.approvers, record.expires_at,
+                                             record.request_escalates))
     decision: ev.Event
     if approve:
         decision = ev.ApprovalGranted(step_id=record.step_id, approval_id=name, by=who.id, reason=reason)
     else:
         decision = ev.ApprovalDenied(step_id=record.step_id, approval_id=name, by=who.id, reason=reason)
-    _append(baton, record, decision)
+    _append(baton, record, who, verb, decision)
     decided = baton.store.get_approval(name)
     assert decided is not None
     return decided

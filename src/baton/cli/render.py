@@ -51,6 +51,7 @@ class TimelineRenderer:
     def __init__(self) -> None:
         self.names: dict[int, str] = {}
         self.args: dict[int, dict[str, Any]] = {}
+        self.granted: dict[int, str] = {}
 
     def line(self, event: ev.Event) -> str | None:
         """A Rich-markup line for ``event``, or ``None`` for events folded into others."""
@@ -105,6 +106,10 @@ class TimelineRenderer:
                 return f"[magenta]↶ step {sid}[/] {escape(event.name)} {escape(ok)}"
             case ev.PolicyDecided(step_id=sid):
                 self.names[sid], self.args[sid] = event.tool, event.args
+                granted = self.granted.get(sid)
+                if granted is not None and event.effect == "approval":
+                    return (f"[dim]⚖ step {sid} checked again before it runs: the gates "
+                            f"{escape(', '.join(event.policies))} are covered by approval {granted}[/]")
                 return self.policy_line(event)
             case ev.ApprovalRequested(step_id=sid):
                 who = f" for [bold]{escape(event.requester)}[/]" if event.requester else ""
@@ -112,6 +117,7 @@ class TimelineRenderer:
                         f"{escape(event.title)} [dim](may decide: {escape(describe_approvers(event.approvers))}; "
                         f"expires {when(event.expires_at)})[/]")
             case ev.ApprovalGranted(step_id=sid):
+                self.granted[sid] = event.approval_id
                 return (f"[green]✓ step {sid}[/] approval {event.approval_id} [bold]granted by "
                         f"{escape(event.by)}[/]: {escape(event.reason)}")
             case ev.ApprovalDenied(step_id=sid):

@@ -198,7 +198,7 @@ def _story(console: Console, *, root: Path, interactive: bool) -> int:
     consumed = [e for e in events if isinstance(e, ev.ApprovalConsumed)]
     approved_at = datetime.fromtimestamp(decision.decided_at or 0, UTC).strftime("%H:%M:%S UTC")
     checks = [
-        (len(held) == 1 and held[0].principal == "alice",
+        (bool(held) and held[0].principal == "alice",
          f"alice requested it; policy {', '.join(held[0].policies) if held else '?'} held it for a manager"),
         (len(granted) == 1 and granted[0].by == "bob",
          f"bob approved at {approved_at}: \"{granted[0].reason if granted else ''}\""),

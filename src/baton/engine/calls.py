@@ -164,23 +164,52 @@ class Calls:
     def approved(self, tool: Tool[Any, Any], rec: StepRecord, values: dict[str, Any],
                  args_json: dict[str, Any]) -> CallPlan:
         """A call that asked for approval: still waiting, denied, or granted for these
-        exact arguments (other arguments withdraw the request and are decided afresh)."""
+        exact arguments (other arguments withdraw the request and are decided afresh).
+
+        A grant is checked again before it is used: the decider must be allowed to decide
+        under this runtime's own principals (a decision is only as trustworthy as the
+        directory of whoever wrote it), and policy is asked again, since limits and rules
+        may have changed while the run waited. The approval covers the gates it was asked
+        for; anything else policy now says (a denial, another gate) takes precedence."""
         x, guard, approval = self.x, self.x.guard, rec.approval
         assert approval is not None
         if guard is None:
             raise Abort(BatonError("this run waits for an approval, but this runtime has no governance "
                                    "configured (baton.toml)", run_id=x.run_id, step_id=rec.step_id))
+        approval_id = approval.request.approval_id
         if args_hash(tool.name, args_json) != approval.request.args_hash:
-            withdrawn = ev.ApprovalWithdrawn(
-                step_id=rec.step_id, approval_id=approval.request.approval_id,
-                reason="the workflow now asks for this step with other arguments")
+            withdrawn = ev.ApprovalWithdrawn(step_id=rec.step_id, approval_id=approval_id,
+                                             reason="the workflow now asks for this step with other arguments")
             return self.admit(tool, rec.step_id, values, args_json, before=[withdrawn])
         guard.settle_expiry(rec, approval)
         if approval.status == "denied":
             return CallPlan(tool, rec.step_id, error=guard.approval_denied(tool.name, rec.step_id, approval))
+        distrust = guard.untrusted_grant(approval)
+        if distrust is not None:
+            withdrawn = ev.ApprovalWithdrawn(step_id=rec.step_id, approval_id=approval_id, reason=distrust)
+            return self.admit(tool, rec.step_id, values, args_json, before=[withdrawn])
         guard.check_budget(tool, values)  # the run may have outlived its lifetime while it waited
+        decision = guard.decide(tool, rec.step_id, values, args_json)
+        if decision is not None:
+            verdict, decided = decision
+            covered = verdict.effect == "allow" or (
+                verdict.effect == "approval" and set(verdict.policies) <= set(approval.request.policies))
+            if not covered:
+                why = ("policy now denies the step" if verdict.effect == "deny"
+                       else "policy now asks for another approval")
+                withdrawn = ev.ApprovalWithdrawn(step_id=rec.step_id, approval_id=approval_id,
+                                                 reason=f"{why}; the approval given is not used")
+                if verdict.effect == "deny":
+                    x.buffer(withdrawn)
+                    return CallPlan(tool, rec.step_id, error=guard.denied(tool, rec.step_id, verdict, decided))
+                guard.request(rec.step_id, title=f"{tool.name} on {decided.resource}", tool=tool.name,
+                              args_json=args_json, policies=verdict.policies, approvers=verdict.approvers,
+                              expires_after=verdict.expires_after, escalate_to=verdict.escalate_to,
+                              before=[withdrawn, decided])
+                raise Suspend()
+            x.buffer(decided)  # journaled with the consumption and the step's start
         return CallPlan(tool, rec.step_id, run=True, values=values, args_json=approval.request.args,
-                        approval=approval.request.approval_id)
+                        approval=approval_id)
 
     def decode_recorded(self, tool: Tool[Any, Any], rec: StepRecord) -> Any:
         try:

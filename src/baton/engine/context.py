@@ -178,6 +178,15 @@ class Context:
         assert rec is not None
         guard.settle_expiry(rec, approval)
         if approval.status == "approved":
+            distrust = guard.untrusted_grant(approval)
+            if distrust is not None:  # asked again, of people this runtime trusts
+                request = approval.request
+                guard.request(step_id, title=title, tool=None, args_json={}, policies=(),
+                              approvers=tuple(request.approvers), expires_after=request.expires_after,
+                              escalate_to=tuple(request.escalate_to), evidence=request.evidence,
+                              before=[ev.ApprovalWithdrawn(step_id=step_id, approval_id=request.approval_id,
+                                                           reason=distrust)])
+                raise Suspend()
             x.buffer(ev.ApprovalConsumed(step_id=step_id, approval_id=approval.request.approval_id))
         return ApprovalDecision(approval.status == "approved", approval.by, approval.reason)
 

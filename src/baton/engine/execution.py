@@ -207,18 +207,27 @@ class Execution:
             and not rec.approval.consumed
         ]
 
+    def withdraw_before(self, why: str) -> None:
+        """Withdraw open requests before compensations run, so that nobody decides them
+        (and fences this worker off) while the run is being undone."""
+        withdrawn = self.withdraw_open(why)
+        if withdrawn:
+            self.append(withdrawn)
+
     def finish(self, result: Any = None, failure: BaseException | None = None) -> Outcome:
         if self.cancel_requested:
+            self.withdraw_before("the run was cancelled")
             self.compensate()
-            self.append([*self.withdraw_open("the run was cancelled"), ev.RunCancelled(reason="cancelled on request")])
+            self.append([ev.RunCancelled(reason="cancelled on request")])
             return Outcome(RunStatus.CANCELLED)
         self.check_all_replayed()
         if self.nondeterminism is not None:
             err = self.nondeterminism
             self.needs_attention(err.step_id or 0, err.message)
         if failure is not None:
+            self.withdraw_before("the run failed")
             self.compensate()
-            self.append([*self.withdraw_open("the run failed"), ev.RunFailed(error=error_info(failure))])
+            self.append([ev.RunFailed(error=error_info(failure))])
             return Outcome(RunStatus.FAILED, str(failure))
         try:
             canonical_json(result)

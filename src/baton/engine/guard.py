@@ -12,7 +12,6 @@ it nor use it twice; changed arguments withdraw it and ask again.
 from __future__ import annotations
 
 import logging
-import re
 import secrets
 from typing import TYPE_CHECKING, Any
 
@@ -60,10 +59,6 @@ class Guard:
         self.costs: dict[int, float] = {}
         """The cost of each call this execution checked, by step."""
         self._counted = 0
-        policies = governance.policies
-        # The day's history costs a query: made only if some policy reads the history at all.
-        self.wants_day = policies is not None and any(
-            "history" in s.text and re.search(r"\bday\b", s.text) for s in policies.sources)
 
     # -- what the run has used ---------------------------------------------------------
 
@@ -120,7 +115,7 @@ class Guard:
         rows = []
         for event in batch:
             if isinstance(event, ev.StepRan | ev.StepCompleted) or (
-                    isinstance(event, ev.StepReconciled) and event.applied):
+                    isinstance(event, ev.StepReconciled | ev.StepResolved) and event.applied):
                 tool = self.x.tools.get(event.step_id)
                 rec = self.x.state.steps.get(event.step_id)
                 if tool is not None and rec is not None:
@@ -147,6 +142,7 @@ class Guard:
         engine = self.governance.policies
         if engine is None or not engine.active:
             return None
+        engine.refresh()
         try:
             resource = tool.resource_of(values)
         except Exception as exc:  # noqa: BLE001 - the tool's declaration is wrong
@@ -159,7 +155,7 @@ class Guard:
             usage = self.count()
             run_count, run_total = self.per_tool.get(tool.name, (0, 0.0))
             day_count, day_total = 0, 0.0
-            if self.wants_day:
+            if engine.reads_day_history:  # a query: made only if a policy in force reads it
                 day_count, day_total = self.x.store.tool_usage(
                     self.tenant, self.principal_id, tool.name, self.x.clock.time() - DAY)
             cost = self.costs.get(step_id)
@@ -237,8 +233,27 @@ class Guard:
             x.append([escalated])
             self.notify(request.model_copy(update={"approvers": request.escalate_to, "expires_at": expires}))
             raise Suspend()
-        x.append([ev.ApprovalDenied(step_id=rec.step_id, approval_id=request.approval_id, by=None,
-                                    reason="the request expired before anyone decided it")])
+        # Buffered: written with what the step makes of it (its failure), in one append.
+        x.buffer(ev.ApprovalDenied(step_id=rec.step_id, approval_id=request.approval_id, by=None,
+                                   reason="the request expired before anyone decided it"))
+
+    def untrusted_grant(self, approval: ApprovalState) -> str | None:
+        """Why a grant may not be used under this runtime's principals, or ``None``: the
+        decider must exist here, be in the run's tenant, not be the requester, and be one
+        of the approvers the request named when it was decided."""
+        who = self.governance.directory.get(approval.by or "")
+        request = approval.request
+        if who is None:
+            problem = "is not a known principal"
+        elif who.tenant != request.tenant:
+            problem = f"belongs to tenant {who.tenant!r}, not the run's"
+        elif who.id == request.requester:
+            problem = "asked for it"
+        elif not who.may_act_as(approval.approvers):
+            problem = "is not one of its approvers"
+        else:
+            return None
+        return f"approved by {approval.by}, who {problem} under this runtime's principals; not used"
 
     def approval_denied(self, tool_name: str, step_id: int, approval: ApprovalState) -> ApprovalDenied:
         who = f"by {approval.by}" if approval.by else "(the request expired)"

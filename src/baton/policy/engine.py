@@ -48,17 +48,18 @@ class PolicyRequest:
     context: dict[str, Any] = field(default_factory=dict)
     """The facts the runtime adds: the tool, the run, the history of earlier calls."""
 
+    # Entity uids in Cedar's JSON form: any id (accents, quotes, newlines) goes through as is.
     @property
-    def principal_uid(self) -> str:
-        return f"{self.principal.entity_type}::{_quoted(self.principal.id)}"
+    def principal_uid(self) -> dict[str, str]:
+        return {"type": self.principal.entity_type, "id": self.principal.id}
 
     @property
-    def action_uid(self) -> str:
-        return f"Action::{_quoted(self.tool)}"
+    def action_uid(self) -> dict[str, str]:
+        return {"type": "Action", "id": self.tool}
 
     @property
-    def resource_uid(self) -> str:
-        return f"{self.resource[0]}::{_quoted(self.resource[1])}"
+    def resource_uid(self) -> dict[str, str]:
+        return {"type": self.resource[0], "id": self.resource[1]}
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +127,7 @@ class Pruning:
 _CONTEXT_PATH = re.compile(r'\bcontext((?:\s*\.\s*[A-Za-z_]\w*|\s*\[\s*"(?:[^"\\]|\\.)*"\s*\])*)(\s*\()?')
 _STEP = re.compile(r'\.\s*([A-Za-z_]\w*)|\[\s*"((?:[^"\\]|\\.)*)"\s*\]')
 _HAS = re.compile(r"\s*has\b")
+_STRING = re.compile(r'"((?:[^"\\]|\\.)*)"')
 
 
 def pruning(text: str) -> Pruning | None:
@@ -135,7 +137,7 @@ def pruning(text: str) -> Pruning | None:
         return None
     whole: set[str] = set()
     for match in _CONTEXT_PATH.finditer(text):
-        names = [a or b for a, b in _STEP.findall(match.group(1))]
+        names = [a or b for a, b in _STEP.findall(match.group(1))]  # (escaped ``["…"]`` keys: see literals)
         if match.group(2):  # ``.greaterThan(`` and the like: the last name is a method
             names = names[:-1]
         if _HAS.match(text, match.end()):
@@ -143,18 +145,12 @@ def pruning(text: str) -> Pruning | None:
         if not names:
             return None  # the context itself, used whole
         whole.add(names[-1])
-    return Pruning(frozenset(_WORD.findall(text)), frozenset(whole))
+    # ``context.args has "dry-run"``, ``context["dry-run"]``: a literal may name a key too.
+    literals = {bytes(m, "utf-8").decode("unicode_escape") if "\\" in m else m for m in _STRING.findall(text)}
+    return Pruning(frozenset(_WORD.findall(text)) | frozenset(literals), frozenset(whole))
 
 
 _ENCODE = json.JSONEncoder(separators=(",", ":")).encode
-_PLAIN_ID = re.compile(r"[A-Za-z0-9_.:@/+-]*")
-
-
-def _quoted(text: str) -> str:
-    """A Cedar string literal for an entity id (JSON quoting, fast for plain ids)."""
-    return f'"{text}"' if _PLAIN_ID.fullmatch(text) else json.dumps(text)
-
-
 class _Slice:
     """The policies that can apply to one action, parsed into one Cedar policy set (which
     names them by position: ``policy0``, ``policy1``, …)."""
@@ -264,7 +260,10 @@ class PolicyEngine:
         self.enforced = _Compiled(enforced)
         self.ungated = _Compiled([s for s in enforced if not s.gate])
         self.with_shadow = _Compiled(enforced + shadow) if shadow else None
+        self.shadow_ungated = _Compiled([s for s in enforced + shadow if not s.gate]) if shadow else None
         self.sources = enforced + shadow
+        self.reads_day_history = any("history" in s.text and re.search(r"\bday\b", s.text) for s in self.sources)
+        """Does a policy read ``context.history.day`` (a query per check)?"""
 
     def _validate(self, sources: list[PolicySource]) -> None:
         assert self.schema is not None
@@ -331,8 +330,8 @@ class PolicyEngine:
             verdict = Verdict("allow")  # nothing is enforced: shadow policies only watch
         else:
             verdict = self._decide(self.enforced, self.ungated, request, context, entities)
-        if self.with_shadow is not None:
-            would = self._decide(self.with_shadow, None, request, context, entities)
+        if self.with_shadow is not None and self.shadow_ungated is not None:
+            would = self._decide(self.with_shadow, self.shadow_ungated, request, context, entities)
             if would.effect != verdict.effect:
                 verdict = Verdict(
                     verdict.effect, verdict.policies, verdict.errors + would.errors, verdict.approvers,
@@ -340,7 +339,7 @@ class PolicyEngine:
                 )
         return verdict
 
-    def _decide(self, full: _Compiled, ungated: _Compiled | None, request: PolicyRequest,
+    def _decide(self, full: _Compiled, ungated: _Compiled, request: PolicyRequest,
                 context: dict[str, Any], entities: cedarpy.Entities) -> Verdict:
         allowed, deciders, errors = full.evaluate(request, context, entities)
         ids = tuple(sorted(s.id for s in deciders))
@@ -349,8 +348,6 @@ class PolicyEngine:
         gates = [s for s in deciders if s.gate]
         if not deciders or len(gates) < len(deciders):
             return Verdict("deny", ids, tuple(errors))
-        if ungated is None:  # shadow mode: the gates would ask for approval if nothing else denies
-            ungated = _Compiled([s for s in full.sources if not s.gate])
         open_allowed, open_deciders, open_errors = ungated.evaluate(request, context, entities)
         if not open_allowed:
             return Verdict("deny", tuple(sorted(s.id for s in open_deciders)), tuple(errors + open_errors))

@@ -136,8 +136,8 @@ class Store(Protocol):
 
     def get_approval(self, approval_id: str) -> ApprovalRecord | None: ...
 
-    def find_approval(self, prefix: str) -> list[str]:
-        """Approval ids starting with ``prefix``."""
+    def find_approval(self, prefix: str, tenant: str | None = None) -> list[str]:
+        """Approval ids starting with ``prefix`` (only ``tenant``'s, if given)."""
         ...
 
     def list_approvals(self, *, status: str | None = "pending", tenant: str | None = None,

@@ -110,17 +110,20 @@ def _apply_approval(conn: sqlite3.Connection, run_id: str, event: ev.Event, now:
         case ev.ApprovalWithdrawn():
             cur = conn.execute(
                 "UPDATE approvals SET status = 'withdrawn', reason = ? "
-                "WHERE approval_id = ? AND run_id = ? AND status IN ('pending', 'approved', 'denied') "
+                "WHERE approval_id = ? AND run_id = ? AND status IN ('pending', 'approved', 'denied', 'expired') "
                 "AND consumed_at IS NULL",
                 (event.reason, event.approval_id, run_id),
             )
         case _:
             return
-    if cur.rowcount != 1:
-        raise AppendConflict(
-            f"approval {getattr(event, 'approval_id', '?')} of run {run_id} was already decided or used",
-            run_id=run_id,
-        )
+    if cur.rowcount == 1:
+        return
+    approval_id = getattr(event, "approval_id", "?")
+    if isinstance(event, ev.ApprovalGranted | ev.ApprovalDenied) and event.by is not None:
+        # Two people deciding at once: the second is a stale writer, like any other.
+        raise AppendConflict(f"approval {approval_id} of run {run_id} was already decided", run_id=run_id)
+    raise StoreError(f"approval {approval_id} of run {run_id}: the approvals index does not match the "
+                     f"journal ({event.type_name}); nothing was written", run_id=run_id)
 
 
 def _run(row: tuple[Any, ...]) -> RunRecord:
@@ -433,11 +436,12 @@ class SqliteStore:
         rows = self._query(f"SELECT {_APPROVAL_COLUMNS} FROM approvals WHERE approval_id = ?", (approval_id,))
         return _approval(rows[0]) if rows else None
 
-    def find_approval(self, prefix: str) -> list[str]:
+    def find_approval(self, prefix: str, tenant: str | None = None) -> list[str]:
+        scope = "" if tenant is None else "AND tenant = ? "
         rows = self._query(
-            "SELECT approval_id FROM approvals WHERE approval_id >= ? AND approval_id < ? "
+            f"SELECT approval_id FROM approvals WHERE approval_id >= ? AND approval_id < ? {scope}"
             "ORDER BY approval_id LIMIT 10",
-            (prefix, prefix + "\U0010ffff"),
+            (prefix, prefix + "\U0010ffff", *(() if tenant is None else (tenant,))),
         )
         return [r[0] for r in rows]
 
