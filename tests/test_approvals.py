@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from baton import Baton, Context, RunStatus, tool, workflow
 from baton.approvals import ApprovalRecord, WebhookNotifier, args_hash
+from baton.approvals.decisions import _append
 from baton.cli import app, main
 from baton.config import Governance
 from baton.errors import ApprovalDenied, ApprovalError, PolicyDenied, UsageError
@@ -726,3 +727,109 @@ def test_approvals_from_the_command_line(tmp_path: Path, monkeypatch: pytest.Mon
         again = runner.invoke(app, ["approvals", "show", aid, "--json"], env=env)
         data = json.loads(again.stdout)
         assert data["status"] == "approved" and data["consumed_at"] is not None
+
+
+# -- a grant is checked again before it is used ---------------------------------------------
+
+DAILY_LIMIT = """
+@id("daily-refund-limit")
+forbid(principal, action == Action::"issue_refund", resource)
+when { context.history.day.after.greaterThan(decimal("500.0")) };
+"""
+
+
+def test_policy_is_asked_again_when_an_approved_step_runs(tmp_path: Path, clock: FakeClock) -> None:
+    """Three refunds of 400 each held for a manager and all approved: when each runs, the
+    daily limit sees the ones already made, so only the first goes through."""
+    (tmp_path / "policies").mkdir(exist_ok=True)
+    (tmp_path / "policies" / "refunds.cedar").write_text(POLICY.replace("GATE", MANAGER_GATE) + DAILY_LIMIT)
+    gov = Governance.from_dict({"principals": PRINCIPALS, "policies": {"files": ["policies/refunds.cedar"]}},
+                               base=tmp_path, source="baton.toml")
+    with Baton(make_settings(tmp_path), clock=clock, governance=gov) as b:
+        runs = [gated_run(b, 400.0, order_id=str(i)) for i in range(3)]
+        for _, request in runs:
+            b.decide(request.approval_id, principal="bob", approve=True, reason="ok")
+        statuses = [b.drive(run_id).status for run_id, _ in runs]
+        assert statuses == [RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.FAILED]
+        assert refunded == [("0", 400.0)]
+        _, request = runs[1]
+        assert "daily-refund-limit" in failure(b, runs[1][0]).message
+        assert b.get_approval(request.approval_id).status == "withdrawn"
+        assert b.get_approval(request.approval_id).consumed_at is None
+
+
+def test_a_grant_from_someone_this_runtime_does_not_trust_is_not_used(tmp_path: Path, clock: FakeClock) -> None:
+    """Mallory is a manager in a baton.toml of her own; the worker's directory says she is
+    not. Her grant is withdrawn and the step asks again, of approvers the worker trusts."""
+    own = governance(tmp_path)
+    forged = Governance.from_dict(
+        {"principals": {**PRINCIPALS, "mallory": {"tenant": "acme", "roles": ["manager"]}},
+         "policies": {"files": ["policies/refunds.cedar"]}}, base=tmp_path, source="mine.toml")
+    with Baton(make_settings(tmp_path), clock=clock, governance=own) as b, \
+            Baton(make_settings(tmp_path), clock=clock, governance=forged) as intruder:
+        run_id, request = gated_run(b)
+        intruder.decide(request.approval_id, principal="mallory", approve=True, reason="trust me")
+        again = pending_request(b, run_id)
+        assert again.approval_id != request.approval_id
+        assert refunded == []
+        (withdrawn,) = of_type(b, run_id, ev.ApprovalWithdrawn)
+        assert "mallory" in withdrawn.reason and "not a known principal" in withdrawn.reason
+        b.decide(again.approval_id, principal="bob", approve=True, reason="checked")
+        assert b.drive(run_id).status is RunStatus.COMPLETED
+        assert refunded == [("98765", 150.0)]
+
+
+def test_a_decision_is_checked_against_an_escalation_it_raced(tmp_path: Path, clock: FakeClock) -> None:
+    """The manager looked while the request was theirs to decide; by the time the decision is
+    appended, the request has been escalated to a director. The decision is refused."""
+    with Baton(make_settings(tmp_path), clock=clock, governance=governance(tmp_path, ESCALATING_GATE)) as b:
+        run_id, request = gated_run(b)
+        record = b.get_approval(request.approval_id, "bob")  # what bob's process saw
+        clock.advance(2 * HOUR + 1)
+        assert b.drive(run_id).waiting_for == "approval"  # escalated meanwhile
+        with pytest.raises(ApprovalError, match="may not approve"):
+            _append(b, record, b.governance.directory.require("bob"), "approve",
+                    ev.ApprovalGranted(step_id=record.step_id, approval_id=record.approval_id, by="bob",
+                                       reason="ok"))
+        assert not of_type(b, run_id, ev.ApprovalGranted)
+
+
+def test_ids_with_accents_and_quotes_are_decided_like_any_other(tmp_path: Path, clock: FakeClock) -> None:
+    (tmp_path / "policies").mkdir(exist_ok=True)
+    (tmp_path / "policies" / "refunds.cedar").write_text(
+        'permit(principal == User::"josé", action, resource == Order::"Ünïcode \\"1\\"");')
+    gov = Governance.from_dict({"principals": {"josé": {"tenant": "acme", "roles": ["support"]}},
+                                "policies": {"files": ["policies/refunds.cedar"]}},
+                               base=tmp_path, source="baton.toml")
+    with Baton(make_settings(tmp_path), clock=clock, governance=gov) as b:
+        run_id = b.start(refund, {"order_id": 'Ünïcode "1"', "amount": 10.0}, principal="josé")
+        assert b.drive(run_id).status is RunStatus.COMPLETED
+        (decided,) = of_type(b, run_id, ev.PolicyDecided)
+        assert decided.effect == "allow" and not decided.errors
+
+
+def test_an_expired_request_fails_the_step_in_one_append(b: Baton, clock: FakeClock) -> None:
+    run_id, _ = gated_run(b)
+    clock.advance(HOUR + 1)
+    batches: list[list[str]] = []
+    b.drive(run_id, listener=lambda _, events: batches.append([e.type_name for e in events]))
+    assert ["ApprovalDenied", "StepFailed"] in batches
+
+
+def test_cancelling_withdraws_the_request_before_compensating(b: Baton) -> None:
+    run_id, request = gated_run(b)
+    b.cancel(run_id)
+    batches: list[list[str]] = []
+    assert b.drive(run_id, listener=lambda _, events: batches.append([e.type_name for e in events])).status \
+        is RunStatus.CANCELLED
+    assert batches == [["ApprovalWithdrawn"], ["RunCancelled"]]  # withdrawn first, on its own
+    assert b.get_approval(request.approval_id).status == "withdrawn"
+    with pytest.raises(ApprovalError):
+        b.decide(request.approval_id, principal="bob", approve=True, reason="too late")
+
+
+def test_an_id_prefix_never_reveals_another_tenants_request(b: Baton) -> None:
+    _, request = gated_run(b)
+    with pytest.raises(ApprovalError, match="no approval request"):
+        b.get_approval(request.approval_id[:3], "eve")
+    assert b.get_approval(request.approval_id[:6], "bob").approval_id == request.approval_id

@@ -2,8 +2,8 @@
 
 A request lives in the run's journal (``ApprovalRequested`` … ``ApprovalConsumed``), and
 the store keeps an index of requests for listing. Deciding appends ``ApprovalGranted`` or
-``ApprovalDenied`` to the run's journal under the run's lease, so a decision is in the hash
-chain the moment it is taken (:mod:`baton.approvals.decisions`).
+``ApprovalDenied`` at the head of the run's journal, so a decision is in the hash chain the
+moment it is taken (:mod:`baton.approvals.decisions`).
 """
 
 from .notify import Notifier, WebhookNotifier, notice
