@@ -651,6 +651,62 @@ def test_a_failing_notifier_does_not_break_the_run(b: Baton, gov: Governance) ->
     assert refunded == [("98765", 150.0)]
 
 
+class Flaky:
+    """A notifier that fails while ``down`` is set, and records what it was told."""
+
+    def __init__(self) -> None:
+        self.down = True
+        self.told: list[tuple[str, list[str]]] = []
+
+    def notify(self, run_id: str, request: ev.ApprovalRequested) -> bool:
+        self.told.append((request.approval_id, request.approvers))
+        return not self.down
+
+
+def test_an_undelivered_notification_is_sent_again_by_a_worker(b: Baton, gov: Governance,
+                                                               clock: FakeClock) -> None:
+    flaky = Flaky()
+    gov.notifier = flaky
+    _, request = gated_run(b)
+    worker = b.worker()
+    assert worker.redeliver() == 0  # the first notification's own retries get a grace period
+    clock.advance(121)
+    flaky.down = False
+    assert worker.redeliver() == 1
+    assert b.store.unnotified(clock.time()) == []  # delivered once: not sent again
+    assert worker.redeliver() == 0
+    assert [approval_id for approval_id, _ in flaky.told] == [request.approval_id] * 2
+
+
+def test_a_request_made_by_a_process_that_died_before_notifying_is_notified(
+        tmp_path: Path, clock: FakeClock) -> None:
+    """The request is committed; the process dies before its notifier runs (here: it had
+    none). Any worker with a notifier sends it."""
+    with Baton(make_settings(tmp_path), clock=clock, governance=governance(tmp_path)) as first:
+        _, request = gated_run(first)
+    flaky = Flaky()
+    flaky.down = False
+    gov = governance(tmp_path)
+    gov.notifier = flaky
+    with Baton(make_settings(tmp_path), clock=clock, governance=gov) as second:
+        clock.advance(121)
+        assert second.worker().redeliver() == 1
+    assert flaky.told == [(request.approval_id, ["role:manager"])]
+
+
+def test_an_escalated_request_is_notified_to_its_new_approvers(tmp_path: Path, clock: FakeClock) -> None:
+    flaky = Flaky()
+    flaky.down = False
+    gov = governance(tmp_path, ESCALATING_GATE)
+    gov.notifier = flaky
+    with Baton(make_settings(tmp_path), clock=clock, governance=gov) as b:
+        run_id, request = gated_run(b)
+        clock.advance(2 * HOUR + 1)
+        assert b.drive(run_id).waiting_for == "approval"
+        assert flaky.told == [(request.approval_id, ["role:manager"]), (request.approval_id, ["role:director"])]
+        assert b.store.unnotified(clock.time() + 1) == []
+
+
 # -- the command line -------------------------------------------------------------------
 
 

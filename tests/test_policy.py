@@ -694,8 +694,10 @@ forbid(principal, action, resource) when { context.a == context.b };
 forbid(principal, action, resource) when { context has c && context.c.d == "x" };
 forbid(principal, action, resource) when { [context.e].contains(context.f) };
 forbid(principal, action == Action::"pay", resource) when { context["args"]["flag"] == true };
+forbid(principal, action, resource) when { context.args has "force-delete" };
+permit(principal, action == Action::"look", resource) when { context has "dry-run" && context["dry-run"] == true };
 """
-names = st.sampled_from(["a", "b", "c", "d", "e", "f", "g", "x", "amount", "flag"])
+names = st.sampled_from(["a", "b", "c", "d", "e", "f", "g", "x", "amount", "flag", "force-delete", "dry-run"])
 leaves = st.integers(min_value=0, max_value=100) | st.booleans() | st.sampled_from(["x", "y"])
 records = st.recursive(st.dictionaries(names, leaves, max_size=3),
                        lambda inner: st.dictionaries(names, leaves | inner, max_size=3), max_leaves=8)
@@ -705,7 +707,7 @@ records = st.recursive(st.dictionaries(names, leaves, max_size=3),
 # policy names: exactly where leaving keys out could make two records look equal.
 unnamed = st.dictionaries(st.sampled_from(["g", "h", "x"]), leaves, max_size=2)
 contexts = st.fixed_dictionaries({}, optional={"a": unnamed | leaves, "b": unnamed | leaves, "c": records,
-                                               "e": unnamed, "f": unnamed, "g": records})
+                                               "e": unnamed, "f": unnamed, "g": records, "dry-run": leaves})
 
 
 @settings(max_examples=300, deadline=None)

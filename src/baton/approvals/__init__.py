@@ -6,7 +6,7 @@ the store keeps an index of requests for listing. Deciding appends ``ApprovalGra
 moment it is taken (:mod:`baton.approvals.decisions`).
 """
 
-from .notify import Notifier, WebhookNotifier, notice
+from .notify import Notifier, WebhookNotifier, notice, send
 from .requests import ApprovalRecord, args_hash
 
-__all__ = ["ApprovalRecord", "Notifier", "WebhookNotifier", "args_hash", "notice"]
+__all__ = ["ApprovalRecord", "Notifier", "WebhookNotifier", "args_hash", "notice", "send"]

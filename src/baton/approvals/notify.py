@@ -1,5 +1,10 @@
 """Telling approvers that a request is waiting: a pluggable notifier, and the built-in
-webhook one."""
+webhook one.
+
+Delivery is at least once. Each request is notified right after it is committed; the
+approvals index records when a notification got through, and workers send again the ones
+that did not (the process died first, the receiver was down). Receivers tell repeats apart
+by ``approval_id``."""
 
 from __future__ import annotations
 
@@ -9,6 +14,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any, Protocol
 
 from ..journal import events as ev
@@ -17,9 +24,11 @@ log = logging.getLogger("baton.approvals")
 
 
 class Notifier(Protocol):
-    """Told when a run starts waiting for an approval. Must not raise or block for long."""
+    """Told when a run starts waiting for an approval. Must not block for long. Returning
+    normally (``None`` or ``True``) means delivered; ``False`` or an exception means not
+    (it will be sent again); a ``Future`` of a bool says so later."""
 
-    def notify(self, run_id: str, request: ev.ApprovalRequested) -> None: ...
+    def notify(self, run_id: str, request: ev.ApprovalRequested) -> bool | Future[bool] | None: ...
 
 
 def notice(run_id: str, request: ev.ApprovalRequested) -> dict[str, Any]:
@@ -42,12 +51,20 @@ class WebhookNotifier:
         self.headers = headers or {}
         self._threads: list[threading.Thread] = []
 
-    def notify(self, run_id: str, request: ev.ApprovalRequested) -> None:
+    def notify(self, run_id: str, request: ev.ApprovalRequested) -> Future[bool]:
         body = json.dumps(notice(run_id, request)).encode()
-        thread = threading.Thread(target=self._deliver, args=(body, request.approval_id),
-                                  name="baton-webhook", daemon=True)
+        outcome: Future[bool] = Future()
+
+        def deliver() -> None:
+            try:
+                outcome.set_result(self._deliver(body, request.approval_id))
+            except BaseException as exc:  # noqa: BLE001 - reported through the future
+                outcome.set_exception(exc)
+
+        thread = threading.Thread(target=deliver, name="baton-webhook", daemon=True)
         self._threads = [t for t in self._threads if t.is_alive()] + [thread]
         thread.start()
+        return outcome
 
     def wait(self, timeout: float | None = None) -> None:
         """Wait for deliveries under way (tests, and processes about to exit)."""
@@ -78,3 +95,25 @@ class WebhookNotifier:
                 time.sleep(self.backoff * 2**attempt)
         log.warning("approval %s: webhook %s not delivered: %s", approval_id, self.url, problem)
         return False
+
+
+def send(notifier: Notifier, run_id: str, request: ev.ApprovalRequested, delivered: Callable[[], None]) -> None:
+    """Notify, and call ``delivered`` once the notification got through. Never raises: the
+    request is durable whatever happens here, and undelivered ones are sent again."""
+    try:
+        outcome = notifier.notify(run_id, request)
+    except Exception:
+        log.exception("approval %s: notifier failed", request.approval_id)
+        return
+
+    def record(ok: bool | None) -> None:
+        if ok is not False:
+            try:
+                delivered()
+            except Exception:
+                log.exception("approval %s: could not record the notification", request.approval_id)
+
+    if isinstance(outcome, Future):
+        outcome.add_done_callback(lambda done: record(done.result() if done.exception() is None else False))
+    else:
+        record(outcome)

@@ -11,11 +11,10 @@ it nor use it twice; changed arguments withdraw it and ask again.
 
 from __future__ import annotations
 
-import logging
 import secrets
 from typing import TYPE_CHECKING, Any
 
-from ..approvals import args_hash
+from ..approvals import args_hash, send
 from ..budgets import Limits, Usage, exceeded
 from ..config import Governance
 from ..errors import ApprovalDenied, BatonError, BudgetExceeded, PolicyDenied
@@ -31,7 +30,6 @@ if TYPE_CHECKING:
     from .execution import Execution
 
 DAY = 86400.0
-log = logging.getLogger("baton.approvals")
 
 
 def new_approval_id() -> str:
@@ -211,10 +209,9 @@ class Guard:
     def notify(self, request: ev.ApprovalRequested) -> None:
         notifier = self.governance.notifier
         if notifier is not None:
-            try:
-                notifier.notify(self.x.run_id, request)
-            except Exception:
-                log.exception("run %s: approval notifier failed", self.x.run_id)
+            store, clock = self.x.store, self.x.clock
+            send(notifier, self.x.run_id, request,
+                 lambda: store.mark_notified(request.approval_id, clock.time()))
 
     # -- a call waiting for (or holding) an approval ------------------------------------
 

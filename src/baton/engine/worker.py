@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
+from ..approvals import send
 from .execution import Listener
 from .owner import owner_alive
 
@@ -14,6 +17,11 @@ if TYPE_CHECKING:
     from ..runtime import Baton
 
 log = logging.getLogger("baton.worker")
+
+REDELIVER_EVERY = 60.0
+"""Seconds between a worker's looks for approval notifications that never got through."""
+NOTIFY_GRACE = 120.0
+"""A request's first notification (with its retries) has this long before workers resend it."""
 
 
 class Worker:
@@ -43,8 +51,12 @@ class Worker:
         """Work until :meth:`stop` (or, with ``until_idle``, until nothing is runnable and
         no run is waiting to be taken over). Returns how many executions it made."""
         in_hand: dict[str, Future[object]] = {}
+        next_redelivery = time.monotonic() + REDELIVER_EVERY
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="baton-run") as pool:
             while not self.stop_event.is_set():
+                if time.monotonic() >= next_redelivery:
+                    next_redelivery = time.monotonic() + REDELIVER_EVERY
+                    self.redeliver()
                 for run_id, future in list(in_hand.items()):
                     if future.done():
                         del in_hand[run_id]
@@ -59,6 +71,25 @@ class Worker:
                 if not candidates:
                     self.stop_event.wait(self.baton.settings.poll_seconds)
         return self.executed
+
+    def redeliver(self) -> int:
+        """Notify again the approval requests whose notification never got through (the
+        process that made them died, or the receiver was down). Returns how many were sent."""
+        notifier = self.baton.governance.notifier
+        if notifier is None:
+            return 0
+        store, clock = self.baton.store, self.baton.clock
+        try:
+            due = store.unnotified(clock.time() - NOTIFY_GRACE)
+        except Exception:
+            log.exception("cannot look for undelivered approval notifications")
+            return 0
+        for run_id, request in due:
+            send(notifier, run_id, request, functools.partial(self._notified, request.approval_id))
+        return len(due)
+
+    def _notified(self, approval_id: str) -> None:
+        self.baton.store.mark_notified(approval_id, self.baton.clock.time())
 
     def _execute(self, run_id: str) -> object:
         before = self.baton.store.get_run(run_id)

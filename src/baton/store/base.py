@@ -15,6 +15,7 @@ from typing import Protocol
 
 from ..approvals import ApprovalRecord
 from ..journal import EncodedEvent, IndexUpdate, RunStatus
+from ..journal import events as ev
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +144,15 @@ class Store(Protocol):
     def list_approvals(self, *, status: str | None = "pending", tenant: str | None = None,
                        run_id: str | None = None, limit: int = 100) -> list[ApprovalRecord]:
         """Approval requests, oldest first (``status=None``: any status)."""
+        ...
+
+    def mark_notified(self, approval_id: str, now: float) -> None:
+        """The request's notification got through."""
+        ...
+
+    def unnotified(self, created_before: float, limit: int = 20) -> list[tuple[str, ev.ApprovalRequested]]:
+        """Pending requests made before ``created_before`` whose notification did not get
+        through (run id, request as it stands now), oldest first."""
         ...
 
     def tool_usage(self, tenant: str | None, principal: str | None, tool: str, since: float) -> tuple[int, float]:

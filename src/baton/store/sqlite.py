@@ -96,8 +96,8 @@ def _apply_approval(conn: sqlite3.Connection, run_id: str, event: ev.Event, now:
                 (status, event.by, now, event.reason, event.approval_id, run_id),
             )
         case ev.ApprovalEscalated():
-            cur = conn.execute(
-                "UPDATE approvals SET approvers = ?, expires_at = ?, escalated = 1 "
+            cur = conn.execute(  # the new approvers have not been told yet
+                "UPDATE approvals SET approvers = ?, expires_at = ?, escalated = 1, notified_at = NULL "
                 "WHERE approval_id = ? AND run_id = ? AND status = 'pending'",
                 (canonical_json(event.approvers), event.expires_at, event.approval_id, run_id),
             )
@@ -457,6 +457,23 @@ class SqliteStore:
             f"SELECT {_APPROVAL_COLUMNS} FROM approvals {where} ORDER BY created_at LIMIT ?", (*params, limit)
         )
         return [_approval(row) for row in rows]
+
+    def mark_notified(self, approval_id: str, now: float) -> None:
+        with self._tx() as conn:
+            conn.execute("UPDATE approvals SET notified_at = ? WHERE approval_id = ?", (now, approval_id))
+
+    def unnotified(self, created_before: float, limit: int = 20) -> list[tuple[str, ev.ApprovalRequested]]:
+        rows = self._query(
+            "SELECT run_id, request, approvers, expires_at FROM approvals "
+            "WHERE notified_at IS NULL AND status = 'pending' AND created_at < ? ORDER BY created_at LIMIT ?",
+            (created_before, limit),
+        )
+        found = []
+        for run_id, request, approvers, expires_at in rows:
+            event = ev.ApprovalRequested.model_validate_json(request)  # as asked, with any escalation
+            found.append((run_id, event.model_copy(update={"approvers": json.loads(approvers),
+                                                            "expires_at": expires_at})))
+        return found
 
     def tool_usage(self, tenant: str | None, principal: str | None, tool: str, since: float) -> tuple[int, float]:
         """How many calls of ``tool`` completed for ``principal`` since ``since``, and their cost."""
