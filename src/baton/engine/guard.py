@@ -170,7 +170,7 @@ class Guard:
                 },
             )
             verdict = engine.decide(request)
-        decided = ev.PolicyDecided(
+        decided = ev.PolicyDecided.trusted(  # every field is already checked: no second validation
             step_id=step_id, tool=tool.name, args=args_json, principal=self.principal_id, role=tool.role,
             action=f"Action::{tool.name}", resource=f"{resource[0]}::{resource[1]}", effect=verdict.effect,
             policies=list(verdict.policies), errors=list(verdict.errors), shadow_effect=verdict.shadow_effect,
