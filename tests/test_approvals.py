@@ -785,6 +785,24 @@ def test_approvals_from_the_command_line(tmp_path: Path, monkeypatch: pytest.Mon
         assert data["status"] == "approved" and data["consumed_at"] is not None
 
 
+@workflow
+def refund_with_evidence(ctx: Context, order_id: str, amount: float) -> str:
+    with ctx.evidence({"payment": "cleared", "complaint": "severity high"}):
+        first: str = ctx.call(issue_refund, order_id=order_id, amount=amount)
+    ctx.call(issue_refund, order_id=order_id + "-b", amount=amount)  # outside: no evidence
+    return first
+
+
+def test_evidence_attached_by_the_workflow_goes_with_the_request(b: Baton) -> None:
+    run_id = b.start(refund_with_evidence, {"order_id": "1", "amount": 150.0}, principal="alice")
+    first = pending_request(b, run_id)
+    assert first.evidence == {"payment": "cleared", "complaint": "severity high"}
+    assert b.get_approval(first.approval_id, "bob").evidence == first.evidence
+    b.decide(first.approval_id, principal="bob", approve=True, reason="evidence checked")
+    second = pending_request(b, run_id)
+    assert second.approval_id != first.approval_id and second.evidence is None
+
+
 # -- a grant is checked again before it is used ---------------------------------------------
 
 DAILY_LIMIT = """

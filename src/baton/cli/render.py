@@ -113,9 +113,10 @@ class TimelineRenderer:
                 return self.policy_line(event)
             case ev.ApprovalRequested(step_id=sid):
                 who = f" for [bold]{escape(event.requester)}[/]" if event.requester else ""
+                evidence = f"; evidence: {escape(short(event.evidence, 160))}" if event.evidence is not None else ""
                 return (f"[bold yellow]✋ step {sid}[/] approval [bold]{event.approval_id}[/] requested{who}: "
                         f"{escape(event.title)} [dim](may decide: {escape(describe_approvers(event.approvers))}; "
-                        f"expires {when(event.expires_at)})[/]")
+                        f"expires {when(event.expires_at)}{evidence})[/]")
             case ev.ApprovalGranted(step_id=sid):
                 self.granted[sid] = event.approval_id
                 return (f"[green]✓ step {sid}[/] approval {event.approval_id} [bold]granted by "

@@ -78,7 +78,10 @@ def refund(ctx: Context, order_id: str, amount: float, ticket: str) -> dict[str,
     payment = ctx.call(check_payment, order_id=order_id)
     if amount > payment["refundable"]:
         raise ValueError(f"cannot refund ${amount:.2f}: only ${payment['refundable']:.2f} is refundable")
-    receipt = ctx.call(issue_refund, order_id=order_id, amount=amount)
+    # What Bob sees if policy holds the refund for a manager.
+    with ctx.evidence({"payment": f"{payment['payment_id']} cleared, ${payment['captured']:.2f} captured",
+                       "refundable": payment["refundable"], "ticket": ticket, "customer": order["customer"]}):
+        receipt = ctx.call(issue_refund, order_id=order_id, amount=amount)
     email = ctx.call(send_receipt, to=order["email"], txn_id=receipt["txn_id"], amount=amount)
     note = ctx.call(update_crm, ticket=ticket,
                     note=f"Refunded ${amount:.2f} ({receipt['txn_id']}); receipt {email['message_id']}")

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import json
 import uuid as _uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import BatonError, UsageError
+from ..journal import canonical_json
 from ..journal import events as ev
 from ..policy import parse_approvers
 from ..tools import Tool
@@ -140,6 +143,26 @@ class Context:
         if events:
             x.append(events)
         raise Suspend()
+
+    @contextmanager
+    def evidence(self, evidence: Any) -> Iterator[None]:
+        """Attach ``evidence`` (JSON) to any approval that the steps inside ask for: what a
+        person deciding should see (``{"payment": "cleared", "complaint": "severity high"}``).
+
+        >>> with ctx.evidence({"payment": payment["status"]}):   # doctest: +SKIP
+        ...     ctx.call(issue_refund, order_id=order_id, amount=amount)
+        """
+        try:
+            canonical_json(evidence)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"ctx.evidence needs JSON values (no NaN or objects): {exc}") from None
+        x = self._x
+        outer = x.evidence
+        x.evidence = evidence
+        try:
+            yield
+        finally:
+            x.evidence = outer
 
     def approval(self, title: str, *, approvers: list[str] | str, evidence: Any = None,
                  expires_in: float | None = None, escalate_to: list[str] | str | None = None) -> Any:

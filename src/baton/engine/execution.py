@@ -81,6 +81,8 @@ class Execution:
         self.abort: BatonError | None = None
         self.last_appended: ev.Event | None = self.state.last
         self.calls = Calls(self)
+        self.evidence: Any = None
+        """What ``ctx.evidence`` attached to the approvals the workflow's next steps ask for."""
         self.guard: Guard | None = None
         if governance is not None:
             started = self.state.started
