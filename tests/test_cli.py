@@ -227,3 +227,55 @@ def test_sigterm_stops_a_worker_between_steps_and_another_finishes(tmp_path: Pat
     assert shown["status"] == "completed" and shown["outcome"] == 45
     assert sum(e["type"] == "StepRan" for e in shown["journal"]) == 10  # none twice
     assert not [e for e in shown["journal"] if e["type"] == "RunRecovered"]  # a clean hand-over
+
+
+GOVERNED = textwrap.dedent('''
+    from baton import tool, workflow
+
+    @tool(idempotent=True, resource="Order::{order_id}", cost=lambda amount: amount)
+    def issue_refund(order_id: str, amount: float) -> str:
+        return "txn-" + order_id
+
+    @workflow
+    def refund(ctx, order_id: str, amount: float) -> str:
+        return ctx.call(issue_refund, order_id=order_id, amount=amount)
+''')
+
+
+def governed(tmp_path: Path, policy: str) -> None:
+    (tmp_path / "wf.py").write_text(GOVERNED)
+    (tmp_path / "policies").mkdir(exist_ok=True)
+    (tmp_path / "policies" / "p.cedar").write_text(policy)
+    (tmp_path / "baton.toml").write_text(textwrap.dedent('''
+        [principals.alice]
+        tenant = "acme"
+        roles = ["support"]
+
+        [policies]
+        files = ["policies/p.cedar"]
+    '''))
+
+
+def test_policy_check_lists_policies_and_warns_of_approvers_nobody_is(tmp_path: Path) -> None:
+    governed(tmp_path, 'permit(principal, action, resource);\n\n@id("big")\n@approval("role:manager")\n'
+                       'forbid(principal, action, resource)\n'
+                       'when { context.args.amount.greaterThan(decimal("9.0")) };\n')
+    shown = baton(tmp_path, "policy", "check").stdout
+    assert "big policies/p.cedar:3 needs approval by a manager" in shown
+    assert "warning: big names role:manager, which no principal in baton.toml is" in shown
+    (tmp_path / "policies" / "p.cedar").write_text("permit(principal, action, resource);\n\nforbid(principal,\n")
+    broken = baton(tmp_path, "policy", "check", check=False)
+    assert broken.returncode == 1 and "Traceback" not in broken.stderr
+    assert broken.stderr.startswith("error: policies/p.cedar:3: unexpected end of input")
+
+
+def test_run_takes_its_principal_and_budget_from_the_command_line(tmp_path: Path) -> None:
+    governed(tmp_path, "permit(principal, action, resource);\n")
+    nobody = baton(tmp_path, "run", "wf.py:refund", "-i", '{"order_id": "1", "amount": 50}', check=False)
+    assert nobody.returncode == 1 and "--as" in nobody.stderr and "alice" in nobody.stderr
+    over = baton(tmp_path, "run", "wf.py:refund", "-i", '{"order_id": "1", "amount": 50}', "--as", "alice",
+                 "--max-spend", "20", check=False)
+    assert over.returncode == 1 and "over its limit of 20" in over.stdout
+    ok = baton(tmp_path, "run", "wf.py:refund", "-i", '{"order_id": "2", "amount": 5}', "--as", "alice",
+               "--max-spend", "20")
+    assert "completed" in ok.stdout

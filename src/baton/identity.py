@@ -73,6 +73,9 @@ class Directory:
             raise UsageError(f"unknown principal {principal_id!r} (known principals: {self.names()})")
         return found
 
+    def ids(self) -> list[str]:
+        return sorted(self._by_id)
+
     def names(self) -> str:
         return ", ".join(sorted(self._by_id)) or "none (add [principals] to baton.toml)"
 

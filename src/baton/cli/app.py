@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..approvals.decisions import describe_approvers
+from ..budgets import Limits
+from ..config import Governance
 from ..engine.execution import Listener
 from ..errors import BatonError, UsageError
 from ..journal import RunStatus, decode
@@ -151,14 +153,20 @@ def run(
     principal: Annotated[str | None, typer.Option("--as", help="Who the run acts for (a principal of "
                                                                 "baton.toml).")] = None,
     wait: Annotated[bool, typer.Option(help="Wait out long timers instead of leaving them to a worker.")] = False,
+    max_steps: Annotated[int | None, typer.Option(min=0, help="Budget: tool steps at most.")] = None,
+    max_seconds: Annotated[float | None, typer.Option(min=0, help="Budget: lifetime in seconds.")] = None,
+    max_spend: Annotated[float | None, typer.Option(min=0, help="Budget: total cost of tool calls.")] = None,
+    max_tokens: Annotated[int | None, typer.Option(min=0, help="Budget: model tokens.")] = None,
     db: DatabaseOpt = None,
 ) -> None:
-    """Start a run and drive it until it completes, fails or has to wait."""
+    """Start a run and drive it until it completes, fails or has to wait. Budgets given here
+    override those of baton.toml's [limits] for this run."""
     data = _parse_json(input, "--input") or {}
     if not isinstance(data, dict):
         raise UsageError("--input must be a JSON object of the workflow's parameters")
+    limits = Limits(max_steps, max_seconds, max_spend, max_tokens)
     with _baton(db) as baton:
-        run_id = baton.start(target, data, principal=principal)
+        run_id = baton.start(target, data, principal=principal, limits=limits)
         out.print(f"started run [bold]{run_id}[/]", highlight=False)
         try:
             record = baton.drive(run_id, listener=_progress_printer(), wait_for_timers=wait)
@@ -308,8 +316,6 @@ def deny(approval_id: str, principal: RequiredAs, reason: ReasonOpt, db: Databas
 def policy_check(config: Annotated[Path | None, typer.Option(help="The config file (default: BATON_CONFIG "
                                                                        "or ./baton.toml).")] = None) -> None:
     """Parse and validate baton.toml and its policy files; exit 1 naming the first mistake."""
-    from ..config import Governance
-
     governance = Governance.load(config)
     if governance.source is None:
         raise UsageError("no baton.toml here (set BATON_CONFIG or pass --config)")
@@ -326,7 +332,23 @@ def policy_check(config: Annotated[Path | None, typer.Option(help="The config fi
                       f"{gate}{shadow}", highlight=False)
     if governance.limits:
         out.print(f"  limits per run: {governance.limits.to_json()}", highlight=False)
+    for warning in _approver_warnings(governance):
+        out.print(f"  [yellow]warning:[/] {warning}", highlight=False)
     out.print("[green]✓ valid[/]")
+
+
+def _approver_warnings(governance: Governance) -> list[str]:
+    """Approvers that no principal can be: requests for them could never be decided."""
+    engine, directory = governance.policies, governance.directory
+    named: dict[str, str] = {}
+    for source in engine.sources if engine is not None else []:
+        for entry in (*source.approvers, *source.escalate_to):
+            named.setdefault(entry, source.id)
+    for entry in governance.approvals.escalate_to:
+        named.setdefault(entry, "[approvals] escalate_to")
+    return [f"{where} names {entry}, which no principal in {governance.source} is: requests for it "
+            "could never be decided" for entry, where in named.items()
+            if not any(directory.require(pid).may_act_as([entry]) for pid in directory.ids())]
 
 
 @runs_app.command("list")

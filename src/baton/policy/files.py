@@ -93,7 +93,10 @@ def _error_line(text: str, first_line: int) -> int:
         except ValueError as exc:
             if "end of input" not in str(exc):
                 return first_line + count - 1 - offset
-    return first_line + len(lines) - 1 - offset
+    last = len(lines) - 1
+    while last > offset and not lines[last].strip():
+        last -= 1  # the policy runs out of text: its last line that has any
+    return first_line + last - offset
 
 
 def load_file(path: Path) -> list[PolicySource]:
