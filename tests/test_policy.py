@@ -731,3 +731,14 @@ def test_pruning_the_context_never_changes_a_decision(tmp_path_factory: pytest.T
     assert pruned.enforced.slice(tool).keep is not None  # the property is about pruning: it must happen
     got = pruned.decide(request)
     assert (got.effect, got.policies) == (expected.effect, expected.policies)
+
+
+def test_an_amount_with_more_places_than_cedar_holds_is_denied_not_rounded(tmp_path: Path) -> None:
+    """Rounded to Cedar's four places, 100.00004 would pass a "> 100.0" gate unseen."""
+    engine = engine_for(tmp_path, 'permit(principal, action, resource);\n'
+                                  '@approval("role:manager")\nforbid(principal, action, resource)\n'
+                                  'when { context.args.amount.greaterThan(decimal("100.0")) };')
+    assert engine.decide(PolicyRequest(ALICE, "pay", ("Order", "1"), {"amount": 100.00004})).effect == "deny"
+    assert engine.decide(PolicyRequest(ALICE, "pay", ("Order", "1"), {"amount": 100.0})).effect == "allow"
+    assert engine.decide(PolicyRequest(ALICE, "pay", ("Order", "1"), {"amount": 0.1 + 0.2})).effect == "allow"
+    assert engine.decide(PolicyRequest(ALICE, "pay", ("Order", "1"), {"amount": 100.0001})).effect == "approval"

@@ -76,7 +76,8 @@ class Verdict:
 
 def cedar_value(value: Any) -> Any:
     """A JSON value as Cedar reads it: floats become ``decimal`` (Cedar has no floats; compare
-    with ``.greaterThan(decimal("100.0"))``), lists become sets, ``None`` is left out."""
+    with ``.greaterThan(decimal("100.0"))``; four decimal places at most, or the step is
+    denied), lists become sets, ``None`` is left out."""
     if isinstance(value, bool | str):
         return value
     if isinstance(value, int):
@@ -84,7 +85,12 @@ def cedar_value(value: Any) -> Any:
     if isinstance(value, float):
         if not math.isfinite(value):
             return str(value)
-        return {"__extn": {"fn": "decimal", "arg": f"{value:.4f}"}}
+        rounded = round(value, 4)
+        if abs(value - rounded) > 1e-9 * max(1.0, abs(value)):
+            # More places than Cedar's decimal holds (float noise aside): rounded, 100.00004
+            # would slip under a "> 100.0" gate. Given as is, Cedar refuses the request: denied.
+            return {"__extn": {"fn": "decimal", "arg": repr(value)}}
+        return {"__extn": {"fn": "decimal", "arg": f"{rounded:.4f}"}}
     if isinstance(value, dict):
         return {str(k): cedar_value(v) for k, v in value.items() if v is not None}
     if isinstance(value, list | tuple):
