@@ -399,19 +399,79 @@ def runs_show(run_id: str, as_json: JsonOpt = False, db: DatabaseOpt = None) -> 
 @audit_app.command("verify")
 def audit_verify(
     run_id: Annotated[str | None, typer.Option("--run", help="Only this run.")] = None,
+    public_key: Annotated[str | None, typer.Option("--public-key", help="PEM file of the audit public key: "
+                                                   "checks the checkpoints' signatures.")] = None,
     db: DatabaseOpt = None,
 ) -> None:
-    """Recompute every hash chain; exit 1 naming the first broken event."""
+    """Recompute every hash chain and check every signed checkpoint; exit 1 naming the first
+    problem. Works on a copied database file, offline, with only the public key."""
     from ..audit import verify
+    from ..audit.keys import load_public
 
+    key = load_public(public_key) if public_key else None
     with _baton(db, must_exist=True) as baton:
-        report = verify(baton.store, baton.resolve_run_id(run_id) if run_id else None)
+        report = verify(baton.store, baton.resolve_run_id(run_id) if run_id else None, key)
         if report.ok:
-            out.print(f"[green]✓ audit chain intact[/]: {report.runs} runs, {report.events} events verified")
+            out.print(f"[green]✓ audit chain intact[/]: {report.runs} runs, {report.events} events verified",
+                      highlight=False)
+            if report.checkpoints:
+                signed = ("signatures verified with the public key" if report.signatures_checked
+                          else "[yellow]signatures not checked: pass --public-key FILE[/]")
+                out.print(f"[green]✓ {report.checkpoints} signed checkpoints intact[/]; {signed}", highlight=False)
             return
         for problem in report.problems:
             err.print(f"[bold red]✗ tampering detected[/]: {problem}", highlight=False)
         raise typer.Exit(1)
+
+
+@audit_app.command("keygen")
+def audit_keygen(
+    folder: Annotated[Path, typer.Option("--dir", help="Where to write baton-audit.key and baton-audit.pub.")]
+    = Path(".baton"),
+) -> None:
+    """Create the Ed25519 key pair that signs checkpoints."""
+    from ..audit.keys import KEY_ENV, generate
+
+    private, public = generate(folder)
+    out.print(f"private key: {private} (keep it secret; workers sign with it: {KEY_ENV}={private})\n"
+              f"public key:  {public} (give it to auditors: baton audit verify --public-key {public})",
+              highlight=False)
+
+
+@audit_app.command("pubkey")
+def audit_pubkey(key: Annotated[str | None, typer.Option("--key", help="Private key PEM file (default: "
+                                                         "BATON_AUDIT_KEY).")] = None) -> None:
+    """Print the public key of the signing key, to hand to auditors."""
+    from ..audit.keys import KEY_ENV, load_private, public_pem
+
+    private = load_private(key)
+    if private is None:
+        raise UsageError(f"no audit key: pass --key FILE or set {KEY_ENV} (baton audit keygen makes one)")
+    sys.stdout.write(public_pem(private.public_key()).decode())
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint(
+    key: Annotated[str | None, typer.Option("--key", help="Private key PEM file (default: BATON_AUDIT_KEY).")]
+    = None,
+    db: DatabaseOpt = None,
+) -> None:
+    """Sign a checkpoint of every run head that changed since the last one (workers with an
+    audit key write one every few minutes on their own)."""
+    from ..audit import write_checkpoint
+    from ..audit.keys import KEY_ENV, load_private
+
+    private = load_private(key)
+    if private is None:
+        raise UsageError(f"no audit key: pass --key FILE or set {KEY_ENV} (baton audit keygen makes one)")
+    with _baton(db, must_exist=True) as baton:
+        checkpoint = write_checkpoint(baton.store, private, baton.clock.time())
+        if checkpoint is None:
+            last = baton.store.last_checkpoint()
+            out.print(f"nothing changed since checkpoint {last.seq if last else 0}")
+            return
+        out.print(f"checkpoint [bold]{checkpoint.seq}[/] signed: {len(checkpoint.heads)} run heads, "
+                  f"root {checkpoint.content['root'][:16]}…", highlight=False)
 
 
 @db_app.command("upgrade")

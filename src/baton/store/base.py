@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..approvals import ApprovalRecord
+from ..audit.checkpoints import Checkpoint
 from ..journal import EncodedEvent, IndexUpdate, RunStatus
 from ..journal import events as ev
 
@@ -157,6 +158,31 @@ class Store(Protocol):
 
     def tool_usage(self, tenant: str | None, principal: str | None, tool: str, since: float) -> tuple[int, float]:
         """(count, total cost) of ``tool``'s completed calls for ``principal`` since ``since``."""
+        ...
+
+    # -- audit ----------------------------------------------------------------------
+
+    def run_heads(self) -> dict[str, tuple[int, str]]:
+        """Every run's journal head: run id → (seq, hash)."""
+        ...
+
+    def checkpointed_heads(self) -> dict[str, int]:
+        """The head ``seq`` each run had in the latest checkpoint that covered it."""
+        ...
+
+    def checkpoint_references(self) -> dict[str, int]:
+        """For each run, the checkpoint that last recorded its head."""
+        ...
+
+    def last_checkpoint(self) -> Checkpoint | None: ...
+
+    def checkpoints(self) -> list[Checkpoint]:
+        """All checkpoints, oldest first."""
+        ...
+
+    def add_checkpoint(self, checkpoint: Checkpoint, now: float) -> None:
+        """Store a checkpoint and index the heads it covers, atomically. Raises
+        ``AppendConflict`` if a checkpoint with its ``seq`` exists."""
         ...
 
     # -- inbox ----------------------------------------------------------------------

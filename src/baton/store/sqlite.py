@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..approvals import ApprovalRecord
+from ..audit.checkpoints import Checkpoint
 from ..errors import AppendConflict, MigrationError, StoreError
 from ..journal import EncodedEvent, IndexUpdate, RunStatus, canonical_json
 from ..journal import events as ev
@@ -485,6 +486,43 @@ class SqliteStore:
             (tenant, principal, tool, since),
         )[0]
         return int(row[0]), float(row[1])
+
+    # -- audit ----------------------------------------------------------------------
+
+    def run_heads(self) -> dict[str, tuple[int, str]]:
+        rows = self._query(
+            "SELECT e.run_id, e.seq, e.hash FROM events AS e "
+            "WHERE e.seq = (SELECT MAX(seq) FROM events AS m WHERE m.run_id = e.run_id)"
+        )
+        return {r[0]: (r[1], r[2]) for r in rows}
+
+    def checkpointed_heads(self) -> dict[str, int]:
+        return {r[0]: r[1] for r in self._query("SELECT run_id, seq FROM checkpoint_heads")}
+
+    def checkpoint_references(self) -> dict[str, int]:
+        """For each run, the checkpoint that last recorded its head (by the index)."""
+        return {r[0]: r[1] for r in self._query("SELECT run_id, checkpoint FROM checkpoint_heads")}
+
+    def last_checkpoint(self) -> Checkpoint | None:
+        rows = self._query("SELECT seq, body, hash, signature FROM checkpoints ORDER BY seq DESC LIMIT 1")
+        return Checkpoint(*rows[0]) if rows else None
+
+    def checkpoints(self) -> list[Checkpoint]:
+        return [Checkpoint(*r) for r in self._query("SELECT seq, body, hash, signature FROM checkpoints ORDER BY seq")]
+
+    def add_checkpoint(self, checkpoint: Checkpoint, now: float) -> None:
+        try:
+            with self._tx() as conn:
+                conn.execute("INSERT INTO checkpoints (seq, created_at, body, hash, signature) VALUES (?, ?, ?, ?, ?)",
+                             (checkpoint.seq, now, checkpoint.body, checkpoint.hash, checkpoint.signature))
+                conn.executemany(
+                    "INSERT INTO checkpoint_heads (run_id, seq, hash, checkpoint) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (run_id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, "
+                    "checkpoint = excluded.checkpoint",
+                    [(run_id, seq, head, checkpoint.seq) for run_id, seq, head in checkpoint.heads],
+                )
+        except sqlite3.IntegrityError as exc:
+            raise AppendConflict(f"checkpoint {checkpoint.seq} was written by another process") from exc
 
     # -- inbox ----------------------------------------------------------------------
 

@@ -1,0 +1,163 @@
+"""Checking that the record was not edited: every run's hash chain; that the chain still
+reaches the head the run index recorded (which catches a truncated tail); and the signed
+checkpoints, which catch what a rewrite of both a journal and its index would hide."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from ..journal import GENESIS_HASH, chain_break
+from .checkpoints import Checkpoint, body_hash, merkle_root
+from .keys import key_id, signature_valid
+
+if TYPE_CHECKING:
+    from ..store import Store
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """Where the record is wrong: a run's event, or (``run_id`` is ``None``) a checkpoint."""
+
+    run_id: str | None
+    seq: int
+    what: str
+
+    def __str__(self) -> str:
+        if self.run_id is None:
+            return f"checkpoint {self.seq}: {self.what}"
+        return f"run {self.run_id}, event {self.seq}: {self.what}"
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    runs: int
+    events: int
+    problems: list[Problem]
+    checkpoints: int = 0
+    signatures_checked: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+Recorded = tuple[int, int, str]
+"""(checkpoint, seq, hash): a head a signed checkpoint recorded for a run."""
+
+
+def verify_run(store: Store, run_id: str, recorded: list[Recorded] | None = None) -> tuple[int, Problem | None]:
+    """Recompute one run's chain. Returns (events checked, first problem or None).
+
+    Besides the chain itself, the journal must still reach the run's anchor (the head the
+    index recorded at the run's last status change or lease release) with the same hash:
+    that catches events removed from the end. The anchor is read before the events, so a
+    run being appended to while it is audited is not mistaken for a damaged one.
+    """
+    before = store.get_run(run_id)
+    rows = store.read(run_id)
+    broken = chain_break(rows)
+    if broken is not None:
+        expected, row = broken.expected_seq, broken.row
+        if broken.misplaced:
+            what = "missing" if row.seq > expected else "out of order or duplicated"
+            return len(rows), Problem(run_id, expected, f"event {expected} is {what}")
+        return len(rows), Problem(
+            run_id, row.seq, f"{row.type} does not match its hash: the event or one before it was changed",
+        )
+    # Unbroken, so rows[i] holds seq i + 1.
+    last = rows[-1].seq if rows else 0
+    if before is not None and before.anchor_seq > 0:
+        if last < before.anchor_seq:
+            return len(rows), Problem(
+                run_id, last + 1,
+                f"the journal ends at event {last} but the run was anchored at event "
+                f"{before.anchor_seq}: events were removed from the end",
+            )
+        if rows[before.anchor_seq - 1].hash != before.anchor_hash:
+            return len(rows), Problem(
+                run_id, before.anchor_seq,
+                f"event {before.anchor_seq} is not the one the run was anchored at: the journal was rewritten",
+            )
+    for checkpoint, seq, head in recorded or []:
+        if seq > last:
+            return len(rows), Problem(
+                run_id, last + 1,
+                f"the journal ends at event {last} but signed checkpoint {checkpoint} recorded event {seq}: "
+                "events were removed from the end",
+            )
+        if rows[seq - 1].hash != head:
+            return len(rows), Problem(
+                run_id, seq,
+                f"event {seq} is not the one signed checkpoint {checkpoint} recorded: the journal was rewritten",
+            )
+    return len(rows), None
+
+
+def verify(store: Store, run_id: str | None = None, public_key: Ed25519PublicKey | None = None) -> VerifyReport:
+    """Verify every run (or one) and every checkpoint. With ``public_key``, checkpoint
+    signatures are checked too; without it, only their hashes and links."""
+    checkpoints = store.checkpoints()
+    problems = verify_checkpoints(checkpoints, public_key, store.checkpoint_references())
+    recorded: dict[str, list[Recorded]] = {}
+    for checkpoint in checkpoints:
+        for rid, seq, head in checkpoint.heads:
+            recorded.setdefault(rid, []).append((checkpoint.seq, seq, head))
+    run_ids = [run_id] if run_id else store.all_run_ids()
+    if run_id is None:
+        known = set(run_ids)
+        for rid in sorted(set(recorded) - known):
+            first = recorded[rid][0][0]
+            problems.append(Problem(rid, 1, f"the run is gone, but signed checkpoint {first} recorded it"))
+    total = 0
+    for rid in run_ids:
+        count, problem = verify_run(store, rid, recorded.get(rid))
+        total += count
+        if problem is not None:
+            problems.append(problem)
+    return VerifyReport(len(run_ids), total, problems, len(checkpoints), public_key is not None)
+
+
+def verify_checkpoints(checkpoints: list[Checkpoint], public_key: Ed25519PublicKey | None,
+                       references: dict[str, int]) -> list[Problem]:
+    """The first problem with the checkpoints themselves: a missing, changed, reordered or
+    forged one. The run index says which checkpoint last covered each run, so the latest
+    checkpoints cannot be removed unnoticed either (short of rewriting that index too)."""
+    prev, expected = GENESIS_HASH, 1
+    for checkpoint in checkpoints:
+        n = checkpoint.seq
+        if n != expected:
+            return [Problem(None, expected, f"checkpoint {expected} is missing: it was removed")]
+        if body_hash(checkpoint.body) != checkpoint.hash:
+            return [Problem(None, n, "its content does not match its hash: it was changed after it was signed")]
+        try:
+            content = checkpoint.content
+            heads = checkpoint.heads
+        except (ValueError, TypeError, KeyError):
+            return [Problem(None, n, "its content is not a checkpoint")]
+        if content.get("seq") != n:
+            return [Problem(None, n, f"its content says it is checkpoint {content.get('seq')}")]
+        if content.get("prev") != prev:
+            return [Problem(None, n, f"it does not follow checkpoint {n - 1}: a checkpoint was removed or replaced")]
+        if merkle_root(heads) != content.get("root"):
+            return [Problem(None, n, "its heads do not match its Merkle root")]
+        if public_key is not None:
+            if content.get("key") != key_id(public_key):
+                return [Problem(None, n, f"it was signed with key {content.get('key')}, not with this public key "
+                                         f"({key_id(public_key)})")]
+            try:
+                signature = base64.b64decode(checkpoint.signature, validate=True)
+            except ValueError:
+                signature = b""
+            if not signature_valid(public_key, signature, checkpoint.body.encode("utf-8")):
+                return [Problem(None, n, "its signature does not verify with the public key: it was forged")]
+        prev, expected = checkpoint.hash, expected + 1
+    last = expected - 1
+    for rid, referenced in sorted(references.items(), key=lambda item: -item[1]):
+        if referenced > last:
+            return [Problem(None, referenced, f"it recorded run {rid} but is missing: the latest checkpoints "
+                                              "were removed")]
+    return []
