@@ -47,7 +47,7 @@ def test_demo_tells_the_story(tmp_path: Path) -> None:
     assert "taken over" in out
     assert "order 98765 was refunded exactly once" in out
     assert "failed once (SMTP 421) and the retry delivered it" in out
-    assert "audit chain verified" in out
+    assert "audit chain verified" in out and "verified with the public key alone" in out
     assert "✗" not in out.split("Proof")[1]
     services = sqlite3.connect(tmp_path / ".baton" / "demo" / "services.db")
     assert services.execute("SELECT COUNT(*) FROM refunds").fetchone()[0] == 1

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from .aio import run_blocking, run_coroutine
 from .approvals import ApprovalRecord
 from .approvals.decisions import decide
+from .audit.keys import load_private
 from .budgets import Limits
 from .clock import Clock, SystemClock
 from .config import Governance
@@ -74,6 +75,8 @@ class Baton:
                  clock: Clock | None = None, governance: Governance | None = None) -> None:
         self.settings = settings or Settings.from_env()
         self.governance = governance if governance is not None else Governance.load()
+        self.audit_key = load_private()
+        """The key that signs checkpoints (``BATON_AUDIT_KEY``), if this process has one."""
         self.store = store or open_store(self.settings.database_url, durability=self.settings.durability)
         self.clock = clock or SystemClock()
         self.owner = new_owner_id()

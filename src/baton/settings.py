@@ -26,6 +26,8 @@ class Settings:
     ``short_sleep``: timers shorter than this are waited out in-process instead of suspending.
     ``retry_wait``: retry backoffs up to this long are waited out by the worker; longer ones
     suspend the run until the next attempt is due.
+    ``checkpoint_seconds``: how often a worker with an audit key (``BATON_AUDIT_KEY``) signs a
+    checkpoint of the run heads that changed.
     """
 
     database_url: str = field(default_factory=lambda: f"sqlite:///{DEFAULT_DATABASE}")
@@ -36,9 +38,11 @@ class Settings:
     short_sleep: float = 2.0
     retry_wait: float = 30.0
     poll_seconds: float = 0.2
+    checkpoint_seconds: float = 300.0
 
     def __post_init__(self) -> None:
-        for name in ("lease_seconds", "heartbeat_seconds", "short_sleep", "retry_wait", "poll_seconds"):
+        for name in ("lease_seconds", "heartbeat_seconds", "short_sleep", "retry_wait", "poll_seconds",
+                     "checkpoint_seconds"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise UsageError(f"{name} must be a finite number of seconds, not {value}")
@@ -64,6 +68,7 @@ class Settings:
         for name, key in (
             ("lease_seconds", "BATON_LEASE_SECONDS"),
             ("max_recoveries", "BATON_MAX_RECOVERIES"),
+            ("checkpoint_seconds", "BATON_CHECKPOINT_SECONDS"),
         ):
             if raw := env.get(key):
                 try:

@@ -16,7 +16,9 @@ from rich.console import Console
 from rich.rule import Rule
 
 from ..approvals import ApprovalRecord
-from ..audit import verify
+from ..audit import verify, write_checkpoint
+from ..audit.keys import KEY_ENV, load_private, load_public
+from ..audit.keys import generate as generate_key
 from ..cli.render import TimelineRenderer, status_text, timeline_table
 from ..config import Governance
 from ..journal import decode
@@ -118,14 +120,15 @@ def _story(console: Console, *, root: Path, interactive: bool) -> int:
     root.mkdir(parents=True, exist_ok=True)
     db_path, services_path, marker = root / "baton.db", root / "services.db", root / "refund-paused"
     for path in root.iterdir():  # every demo starts from nothing
-        if path.name.startswith(("baton.db", "services.db", "refund-paused")):
+        if path.name.startswith(("baton.db", "services.db", "refund-paused", "baton-audit.")):
             path.unlink()
     services = Services(services_path)
     services.seed()
     config = _governance_files(root)
     url = f"sqlite:///{db_path}"
     baton = Baton(Settings(database_url=url), governance=Governance.load(config))
-    env = {**os.environ, "BATON_DATABASE_URL": url, "BATON_CONFIG": str(config),
+    private_key, public_key = generate_key(root)  # workers sign checkpoints; an auditor needs only the .pub
+    env = {**os.environ, "BATON_DATABASE_URL": url, "BATON_CONFIG": str(config), KEY_ENV: str(private_key),
            SERVICES_ENV: str(services_path)}
     command = shutil.which("baton") or str(Path(sys.executable).parent / "baton")
     env_prefix = f"BATON_DATABASE_URL={url} BATON_CONFIG={config}"
@@ -213,9 +216,13 @@ def _story(console: Console, *, root: Path, interactive: bool) -> int:
         (len(notes) == 1, f"ticket T-4321 got one CRM note: {notes[0][1] if notes else '-'}"),
         (record.status.value == "completed", f"the run {status_text(record.status.value)}"),
     ]
-    report = verify(baton.store)
-    checks.append((report.ok, f"audit chain verified: {report.runs} run, {report.events} events, "
-                              "every hash recomputed" if report.ok else
+    signing_key = load_private(str(private_key))
+    assert signing_key is not None
+    write_checkpoint(baton.store, signing_key, baton.clock.time(), force=True)
+    report = verify(baton.store, public_key=load_public(str(public_key)))
+    checks.append((report.ok, f"audit chain verified: {report.runs} run, {report.events} events, every hash "
+                              f"recomputed; {report.checkpoints} signed checkpoints (the last one written just now) "
+                              "verified with the public key alone" if report.ok else
                    f"audit chain broken: {report.problems[0]}"))
     for ok, text in checks:
         console.print(f"  {'[green]✓[/]' if ok else '[bold red]✗[/]'} {text}", highlight=False)
@@ -223,6 +230,6 @@ def _story(console: Console, *, root: Path, interactive: bool) -> int:
     console.print(f"\nDone in {elapsed:.1f}s. Explore it yourself:\n"
                   f"  {env_prefix} {command} runs show {run_id}\n"
                   f"  {env_prefix} {command} approvals list --status all\n"
-                  f"  {env_prefix} {command} audit verify", highlight=False)
+                  f"  {env_prefix} {command} audit verify --public-key {public_key}", highlight=False)
     baton.close()
     return 0 if all(ok for ok, _ in checks) else 1

@@ -10,6 +10,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from ..approvals import send
+from ..audit.checkpoints import write_checkpoint
 from .execution import Listener
 from .owner import owner_alive
 
@@ -52,11 +53,15 @@ class Worker:
         no run is waiting to be taken over). Returns how many executions it made."""
         in_hand: dict[str, Future[object]] = {}
         next_redelivery = time.monotonic() + REDELIVER_EVERY
+        next_checkpoint = time.monotonic() + self.baton.settings.checkpoint_seconds
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="baton-run") as pool:
             while not self.stop_event.is_set():
                 if time.monotonic() >= next_redelivery:
                     next_redelivery = time.monotonic() + REDELIVER_EVERY
                     self.redeliver()
+                if time.monotonic() >= next_checkpoint:
+                    next_checkpoint = time.monotonic() + self.baton.settings.checkpoint_seconds
+                    self.checkpoint()
                 for run_id, future in list(in_hand.items()):
                     if future.done():
                         del in_hand[run_id]
@@ -70,7 +75,18 @@ class Worker:
                     break
                 if not candidates:
                     self.stop_event.wait(self.baton.settings.poll_seconds)
+        self.checkpoint()  # what this worker did is covered before it goes
         return self.executed
+
+    def checkpoint(self) -> None:
+        """Sign a checkpoint of the heads that changed, if this process has the audit key."""
+        key = self.baton.audit_key
+        if key is None:
+            return
+        try:
+            write_checkpoint(self.baton.store, key, self.baton.clock.time())
+        except Exception:
+            log.exception("cannot write a checkpoint")
 
     def redeliver(self) -> int:
         """Notify again the approval requests whose notification never got through (the
