@@ -470,8 +470,8 @@ def audit_checkpoint(
             last = baton.store.last_checkpoint()
             out.print(f"nothing changed since checkpoint {last.seq if last else 0}")
             return
-        out.print(f"checkpoint [bold]{checkpoint.seq}[/] signed: {len(checkpoint.heads)} run heads, "
-                  f"root {checkpoint.content['root'][:16]}…", highlight=False)
+        out.print(f"checkpoint [bold]{checkpoint.seq}[/] signed: {len(checkpoint.heads)} run heads; "
+                  f"its hash (keep it elsewhere to pin the record): {checkpoint.hash}", highlight=False)
 
 
 @db_app.command("upgrade")
