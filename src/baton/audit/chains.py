@@ -5,12 +5,13 @@ checkpoints, which catch what a rewrite of both a journal and its index would hi
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from ..journal import GENESIS_HASH, chain_break
+from ..journal import GENESIS_HASH, EncodedEvent, chain_break
 from .checkpoints import Checkpoint, body_hash, merkle_root
 from .keys import key_id, signature_valid
 
@@ -53,48 +54,47 @@ def verify_run(store: Store, run_id: str, recorded: list[Recorded] | None = None
     """Recompute one run's chain. Returns (events checked, first problem or None).
 
     Besides the chain itself, the journal must still reach the run's anchor (the head the
-    index recorded at the run's last status change or lease release) with the same hash:
-    that catches events removed from the end. The anchor is read before the events, so a
-    run being appended to while it is audited is not mistaken for a damaged one.
+    index recorded at the run's last status change or lease release) with the same hash,
+    and every head a signed checkpoint ``recorded``: that catches events removed from the
+    end. The anchor is read before the events, so a run being appended to while it is
+    audited is not mistaken for a damaged one.
     """
     before = store.get_run(run_id)
     rows = store.read(run_id)
+    anchor = (before.anchor_seq, before.anchor_hash) if before is not None and before.anchor_seq > 0 else None
+    return len(rows), chain_problem(run_id, rows, recorded or [], anchor)
+
+
+def chain_problem(run_id: str, rows: Sequence[EncodedEvent], recorded: list[Recorded],
+                  anchor: tuple[int, str] | None = None) -> Problem | None:
+    """The first problem with one run's journal: its chain, then the heads that must still be
+    in it (the index's anchor, and each head a checkpoint recorded)."""
     broken = chain_break(rows)
     if broken is not None:
         expected, row = broken.expected_seq, broken.row
         if broken.misplaced:
             what = "missing" if row.seq > expected else "out of order or duplicated"
-            return len(rows), Problem(run_id, expected, f"event {expected} is {what}")
-        return len(rows), Problem(
-            run_id, row.seq, f"{row.type} does not match its hash: the event or one before it was changed",
-        )
+            return Problem(run_id, expected, f"event {expected} is {what}")
+        return Problem(run_id, row.seq, f"{row.type} does not match its hash: the event or one before it was changed")
     # Unbroken, so rows[i] holds seq i + 1.
     last = rows[-1].seq if rows else 0
-    if before is not None and before.anchor_seq > 0:
-        if last < before.anchor_seq:
-            return len(rows), Problem(
-                run_id, last + 1,
-                f"the journal ends at event {last} but the run was anchored at event "
-                f"{before.anchor_seq}: events were removed from the end",
-            )
-        if rows[before.anchor_seq - 1].hash != before.anchor_hash:
-            return len(rows), Problem(
-                run_id, before.anchor_seq,
-                f"event {before.anchor_seq} is not the one the run was anchored at: the journal was rewritten",
-            )
-    for checkpoint, seq, head in recorded or []:
+    if anchor is not None:
+        anchor_seq, anchor_hash = anchor
+        if last < anchor_seq:
+            return Problem(run_id, last + 1, f"the journal ends at event {last} but the run was anchored at event "
+                                             f"{anchor_seq}: events were removed from the end")
+        if rows[anchor_seq - 1].hash != anchor_hash:
+            return Problem(run_id, anchor_seq,
+                           f"event {anchor_seq} is not the one the run was anchored at: the journal was rewritten")
+    for checkpoint, seq, head in recorded:
         if seq > last:
-            return len(rows), Problem(
-                run_id, last + 1,
-                f"the journal ends at event {last} but signed checkpoint {checkpoint} recorded event {seq}: "
-                "events were removed from the end",
-            )
+            return Problem(run_id, last + 1, f"the journal ends at event {last} but signed checkpoint {checkpoint} "
+                                             f"recorded event {seq}: events were removed from the end")
         if rows[seq - 1].hash != head:
-            return len(rows), Problem(
-                run_id, seq,
-                f"event {seq} is not the one signed checkpoint {checkpoint} recorded: the journal was rewritten",
-            )
-    return len(rows), None
+            return Problem(run_id, seq,
+                           f"event {seq} is not the one signed checkpoint {checkpoint} recorded: the journal was "
+                           "rewritten")
+    return None
 
 
 def verify(store: Store, run_id: str | None = None, public_key: Ed25519PublicKey | None = None) -> VerifyReport:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal as signals
 import sys
@@ -401,16 +402,29 @@ def audit_verify(
     run_id: Annotated[str | None, typer.Option("--run", help="Only this run.")] = None,
     public_key: Annotated[str | None, typer.Option("--public-key", help="PEM file of the audit public key: "
                                                    "checks the checkpoints' signatures.")] = None,
+    export: Annotated[Path | None, typer.Option("--export", help="Verify a file written by "
+                                                "`baton audit export` instead of a database.")] = None,
     db: DatabaseOpt = None,
 ) -> None:
     """Recompute every hash chain and check every signed checkpoint; exit 1 naming the first
     problem. Works on a copied database file, offline, with only the public key."""
     from ..audit import verify
+    from ..audit.export import verify_export
     from ..audit.keys import load_public
 
     key = load_public(public_key) if public_key else None
-    with _baton(db, must_exist=True) as baton:
-        report = verify(baton.store, baton.resolve_run_id(run_id) if run_id else None, key)
+    with contextlib.ExitStack() as stack:
+        if export is not None:
+            if run_id:
+                raise UsageError("--run applies to a database; an export is verified whole")
+            try:
+                lines = stack.enter_context(export.open(encoding="utf-8"))
+            except OSError as exc:
+                raise UsageError(f"cannot read {export}: {exc.strerror}") from None
+            report = verify_export(lines, key)
+        else:
+            baton = stack.enter_context(_baton(db, must_exist=True))
+            report = verify(baton.store, baton.resolve_run_id(run_id) if run_id else None, key)
         if report.ok:
             out.print(f"[green]✓ audit chain intact[/]: {report.runs} runs, {report.events} events verified",
                       highlight=False)
@@ -422,6 +436,34 @@ def audit_verify(
         for problem in report.problems:
             err.print(f"[bold red]✗ tampering detected[/]: {problem}", highlight=False)
         raise typer.Exit(1)
+
+
+@audit_app.command("export")
+def audit_export(
+    run_id: Annotated[str | None, typer.Option("--run", help="Only this run (with every checkpoint).")] = None,
+    format: Annotated[str, typer.Option("--format", help="jsonl, the only format.")] = "jsonl",
+    output: Annotated[Path | None, typer.Option("--out", help="File to write (default: standard output).")]
+    = None,
+    db: DatabaseOpt = None,
+) -> None:
+    """Write the events with their hashes, and the signed checkpoints, as JSON lines that a
+    third party can verify (docs/audit.md; baton audit verify --export FILE)."""
+    from ..audit.export import export_lines
+
+    if format != "jsonl":
+        raise UsageError(f"--format must be jsonl, not {format!r}")
+    with _baton(db, must_exist=True) as baton:
+        lines = export_lines(baton.store, baton.resolve_run_id(run_id) if run_id else None, baton.clock.time())
+        if output is None:
+            for line in lines:
+                sys.stdout.write(line + "\n")
+            return
+        count = 0
+        with output.open("w", encoding="utf-8") as file:
+            for line in lines:
+                file.write(line + "\n")
+                count += 1
+        err.print(f"wrote {count - 1} records to {output}", highlight=False)
 
 
 @audit_app.command("keygen")

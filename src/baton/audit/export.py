@@ -1,0 +1,83 @@
+"""``baton audit export``: the record as JSON lines a third party can verify without Baton.
+
+The first line says what the file is; then one line per checkpoint, then one per event,
+each run's events in order::
+
+    {"codec": "json/c14n-v1", "exported_at": "...", "format": 1, "kind": "baton-audit-export"}
+    {"body": "...", "hash": "...", "kind": "checkpoint", "seq": 1, "signature": "..."}
+    {"at": "...", "data": "<the event's canonical JSON, as a string>", "hash": "...",
+     "kind": "event", "run_id": "...", "seq": 1, "type": "RunStarted"}
+
+``docs/audit.md`` gives the procedure; ``baton audit verify --export FILE`` follows it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
+
+from ..errors import UsageError
+from ..journal import CODEC, EncodedEvent, canonical_json, format_time
+from .chains import Problem, Recorded, VerifyReport, chain_problem, verify_checkpoints
+from .checkpoints import Checkpoint
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from ..store import Store
+
+FORMAT = 1
+
+
+def export_lines(store: Store, run_id: str | None, now: float) -> Iterator[str]:
+    yield canonical_json({"codec": CODEC, "exported_at": format_time(now), "format": FORMAT,
+                          "kind": "baton-audit-export"})
+    for checkpoint in store.checkpoints():
+        yield canonical_json({"body": checkpoint.body, "hash": checkpoint.hash, "kind": "checkpoint",
+                              "seq": checkpoint.seq, "signature": checkpoint.signature})
+    for rid in [run_id] if run_id else store.all_run_ids():
+        for row in store.read(rid):
+            yield canonical_json({"at": row.at, "data": row.data, "hash": row.hash, "kind": "event",
+                                  "run_id": row.run_id, "seq": row.seq, "type": row.type})
+
+
+def verify_export(lines: Iterable[str], public_key: Ed25519PublicKey | None) -> VerifyReport:
+    """Verify an export: every run's chain from its first event, every checkpoint, and every
+    head a checkpoint recorded for a run the export holds."""
+    checkpoints: list[Checkpoint] = []
+    runs: dict[str, list[EncodedEvent]] = {}
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            kind = item["kind"]
+            if number == 1:
+                if kind != "baton-audit-export" or item.get("format") != FORMAT:
+                    raise UsageError("not a Baton audit export (format 1)")
+                continue
+            if kind == "checkpoint":
+                checkpoints.append(Checkpoint(int(item["seq"]), item["body"], item["hash"], item["signature"]))
+            elif kind == "event":
+                runs.setdefault(item["run_id"], []).append(EncodedEvent(
+                    item["run_id"], int(item["seq"]), item["type"], item["at"], item["data"], item["hash"]))
+            else:
+                raise ValueError(f"unknown kind {kind!r}")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UsageError(f"line {number} of the export is not a Baton audit record: {exc}") from None
+    problems = verify_checkpoints(checkpoints, public_key, {})
+    recorded: dict[str, list[Recorded]] = {}
+    for checkpoint in checkpoints:
+        for rid, seq, head in checkpoint.heads:
+            recorded.setdefault(rid, []).append((checkpoint.seq, seq, head))
+    events = 0
+    for rid, rows in runs.items():
+        events += len(rows)
+        problem = chain_problem(rid, rows, recorded.get(rid, []))
+        if problem is not None:
+            problems.append(problem)
+    return VerifyReport(len(runs), events, problems, len(checkpoints), public_key is not None)
+
+
+__all__ = ["Problem", "export_lines", "verify_export"]
