@@ -5,6 +5,7 @@ checkpoints, which catch what a rewrite of both a journal and its index would hi
 from __future__ import annotations
 
 import base64
+import binascii
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -101,17 +102,20 @@ def verify(store: Store, run_id: str | None = None, public_key: Ed25519PublicKey
     """Verify every run (or one) and every checkpoint. With ``public_key``, checkpoint
     signatures are checked too; without it, only their hashes and links."""
     checkpoints = store.checkpoints()
-    problems = verify_checkpoints(checkpoints, public_key, store.checkpoint_references())
-    recorded: dict[str, list[Recorded]] = {}
-    for checkpoint in checkpoints:
-        for rid, seq, head in checkpoint.heads:
-            recorded.setdefault(rid, []).append((checkpoint.seq, seq, head))
+    problems, sound = verify_checkpoints(checkpoints, public_key, store.checkpoint_references())
+    recorded = recorded_heads(sound)
     run_ids = [run_id] if run_id else store.all_run_ids()
     if run_id is None:
         known = set(run_ids)
         for rid in sorted(set(recorded) - known):
             first = recorded[rid][0][0]
             problems.append(Problem(rid, 1, f"the run is gone, but signed checkpoint {first} recorded it"))
+        for rid, (lowest, _) in sorted(store.event_bounds().items()):
+            if rid not in known:
+                problems.append(Problem(rid, lowest, "events of a run the index does not know: they were inserted"))
+            elif lowest < 1:
+                problems.append(Problem(rid, lowest, f"event {lowest} cannot exist (a journal starts at event 1): "
+                                                     "it was inserted"))
     total = 0
     for rid in run_ids:
         count, problem = verify_run(store, rid, recorded.get(rid))
@@ -121,43 +125,67 @@ def verify(store: Store, run_id: str | None = None, public_key: Ed25519PublicKey
     return VerifyReport(len(run_ids), total, problems, len(checkpoints), public_key is not None)
 
 
-def verify_checkpoints(checkpoints: list[Checkpoint], public_key: Ed25519PublicKey | None,
-                       references: dict[str, int]) -> list[Problem]:
-    """The first problem with the checkpoints themselves: a missing, changed, reordered or
-    forged one. The run index says which checkpoint last covered each run, so the latest
-    checkpoints cannot be removed unnoticed either (short of rewriting that index too)."""
-    prev, expected = GENESIS_HASH, 1
+def recorded_heads(checkpoints: list[Checkpoint]) -> dict[str, list[Recorded]]:
+    """The heads sound checkpoints recorded, by run."""
+    recorded: dict[str, list[Recorded]] = {}
     for checkpoint in checkpoints:
-        n = checkpoint.seq
-        if n != expected:
-            return [Problem(None, expected, f"checkpoint {expected} is missing: it was removed")]
-        if body_hash(checkpoint.body) != checkpoint.hash:
-            return [Problem(None, n, "its content does not match its hash: it was changed after it was signed")]
-        try:
-            content = checkpoint.content
-            heads = checkpoint.heads
-        except (ValueError, TypeError, KeyError):
-            return [Problem(None, n, "its content is not a checkpoint")]
-        if content.get("seq") != n:
-            return [Problem(None, n, f"its content says it is checkpoint {content.get('seq')}")]
-        if content.get("prev") != prev:
-            return [Problem(None, n, f"it does not follow checkpoint {n - 1}: a checkpoint was removed or replaced")]
-        if merkle_root(heads) != content.get("root"):
-            return [Problem(None, n, "its heads do not match its Merkle root")]
-        if public_key is not None:
-            if content.get("key") != key_id(public_key):
-                return [Problem(None, n, f"it was signed with key {content.get('key')}, not with this public key "
-                                         f"({key_id(public_key)})")]
-            try:
-                signature = base64.b64decode(checkpoint.signature, validate=True)
-            except ValueError:
-                signature = b""
-            if not signature_valid(public_key, signature, checkpoint.body.encode("utf-8")):
-                return [Problem(None, n, "its signature does not verify with the public key: it was forged")]
+        for rid, seq, head in checkpoint.heads:
+            recorded.setdefault(rid, []).append((checkpoint.seq, seq, head))
+    return recorded
+
+
+def _signature(text: str) -> bytes:
+    """The signature's bytes, from its one canonical base64 spelling only: a variant that
+    decodes the same (other padding bits, line breaks) is an edit too."""
+    try:
+        raw = binascii.a2b_base64(text, strict_mode=True)
+    except (binascii.Error, ValueError):
+        return b""
+    return raw if base64.b64encode(raw).decode() == text else b""
+
+
+def _problem(checkpoint: Checkpoint, prev: str, public_key: Ed25519PublicKey | None) -> str | None:
+    if body_hash(checkpoint.body) != checkpoint.hash:
+        return "its content does not match its hash: it was changed after it was signed"
+    try:
+        content = checkpoint.content
+        heads = checkpoint.heads
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return "its content is not a checkpoint"
+    n = checkpoint.seq
+    if content.get("seq") != n:
+        return f"its content says it is checkpoint {content.get('seq')}"
+    if content.get("prev") != prev:
+        return f"it does not follow checkpoint {n - 1}: a checkpoint was removed or replaced"
+    if any(seq < 1 for _, seq, _ in heads):
+        return "it records an event before the start of a journal"
+    if merkle_root(heads) != content.get("root"):
+        return "its heads do not match its Merkle root"
+    if public_key is not None:
+        if content.get("key") != key_id(public_key):
+            return f"it was signed with key {content.get('key')}, not with this public key ({key_id(public_key)})"
+        if not signature_valid(public_key, _signature(checkpoint.signature), checkpoint.body.encode("utf-8")):
+            return "its signature does not verify with the public key: it was forged"
+    return None
+
+
+def verify_checkpoints(checkpoints: list[Checkpoint], public_key: Ed25519PublicKey | None,
+                       references: dict[str, int]) -> tuple[list[Problem], list[Checkpoint]]:
+    """The first problem with the checkpoints themselves (a missing, changed, reordered or
+    forged one), and the checkpoints before it, whose heads can be trusted. The run index says
+    which checkpoint last covered each run, so the latest checkpoints cannot be removed
+    unnoticed either (short of rewriting that index too)."""
+    prev, expected = GENESIS_HASH, 1
+    for index, checkpoint in enumerate(checkpoints):
+        if checkpoint.seq != expected:
+            return [Problem(None, expected, f"checkpoint {expected} is missing: it was removed")], checkpoints[:index]
+        what = _problem(checkpoint, prev, public_key)
+        if what is not None:
+            return [Problem(None, checkpoint.seq, what)], checkpoints[:index]
         prev, expected = checkpoint.hash, expected + 1
     last = expected - 1
     for rid, referenced in sorted(references.items(), key=lambda item: -item[1]):
         if referenced > last:
             return [Problem(None, referenced, f"it recorded run {rid} but is missing: the latest checkpoints "
-                                              "were removed")]
-    return []
+                                              "were removed")], checkpoints
+    return [], checkpoints

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import UsageError
 from ..journal import CODEC, EncodedEvent, canonical_json, format_time
-from .chains import Problem, Recorded, VerifyReport, chain_problem, verify_checkpoints
+from .chains import Problem, VerifyReport, chain_problem, recorded_heads, verify_checkpoints
 from .checkpoints import Checkpoint
 
 if TYPE_CHECKING:
@@ -66,11 +66,8 @@ def verify_export(lines: Iterable[str], public_key: Ed25519PublicKey | None) -> 
                 raise ValueError(f"unknown kind {kind!r}")
         except (ValueError, KeyError, TypeError) as exc:
             raise UsageError(f"line {number} of the export is not a Baton audit record: {exc}") from None
-    problems = verify_checkpoints(checkpoints, public_key, {})
-    recorded: dict[str, list[Recorded]] = {}
-    for checkpoint in checkpoints:
-        for rid, seq, head in checkpoint.heads:
-            recorded.setdefault(rid, []).append((checkpoint.seq, seq, head))
+    problems, sound = verify_checkpoints(checkpoints, public_key, {})
+    recorded = recorded_heads(sound)
     events = 0
     for rid, rows in runs.items():
         events += len(rows)

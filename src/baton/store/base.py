@@ -166,6 +166,11 @@ class Store(Protocol):
         """Every run's journal head: run id → (seq, hash)."""
         ...
 
+    def event_bounds(self) -> dict[str, tuple[int, int]]:
+        """For every run id in the journal table (known to the index or not): its lowest and
+        highest ``seq``. The audit uses it to find rows no run's chain would reach."""
+        ...
+
     def checkpointed_heads(self) -> dict[str, int]:
         """The head ``seq`` each run had in the latest checkpoint that covered it."""
         ...

@@ -496,6 +496,10 @@ class SqliteStore:
         )
         return {r[0]: (r[1], r[2]) for r in rows}
 
+    def event_bounds(self) -> dict[str, tuple[int, int]]:
+        rows = self._query("SELECT run_id, MIN(seq), MAX(seq) FROM events GROUP BY run_id")
+        return {r[0]: (r[1], r[2]) for r in rows}
+
     def checkpointed_heads(self) -> dict[str, int]:
         return {r[0]: r[1] for r in self._query("SELECT run_id, seq FROM checkpoint_heads")}
 
