@@ -42,6 +42,18 @@ def merkle(heads: list[list[Any]]) -> str:
     return level[0].hex()
 
 
+def blobs_sound(value: Any, blobs: dict[str, str]) -> bool:
+    """Every reference in ``value`` (and in what it refers to) has a blob with that hash."""
+    if isinstance(value, dict):
+        if list(value) == ["\u0000blob"]:
+            text = blobs.get(value["\u0000blob"])
+            return text is not None and sha(text) == value["\u0000blob"] and blobs_sound(json.loads(text), blobs)
+        return all(blobs_sound(v, blobs) for v in value.values())
+    if isinstance(value, list):
+        return all(blobs_sound(v, blobs) for v in value)
+    return True
+
+
 def independent_check(lines: list[str], public_pem: bytes) -> str | None:
     """The first problem the documented procedure finds, or None."""
     public = serialization.load_pem_public_key(public_pem)
@@ -50,13 +62,17 @@ def independent_check(lines: list[str], public_pem: bytes) -> str | None:
     runs: dict[str, list[dict[str, Any]]] = {}
     for e in (i for i in items if i["kind"] == "event"):
         runs.setdefault(e["run_id"], []).append(e)
+    blobs = {b["hash"]: b["data"] for b in items if b["kind"] == "blob"}
     for run_id, events in runs.items():
         prev = "0" * 64
         for n, e in enumerate(events, start=1):
-            envelope = (f'{{"at":{canonical(e["at"])},"data":{e["data"]},"run_id":{canonical(run_id)},'
+            codec = f'"codec":{canonical(e["codec"])},' if "codec" in e else ""
+            envelope = (f'{{"at":{canonical(e["at"])},{codec}"data":{e["data"]},"run_id":{canonical(run_id)},'
                         f'"seq":{e["seq"]},"type":{canonical(e["type"])}}}')
             if e["seq"] != n or e["hash"] != sha(prev + envelope):
                 return f"run {run_id} event {n}"
+            if "codec" in e and not blobs_sound(json.loads(e["data"]), blobs):
+                return f"run {run_id} event {n} blob"
             prev = e["hash"]
     prev = "0" * 64
     for n, c in enumerate((i for i in items if i["kind"] == "checkpoint"), start=1):
@@ -89,6 +105,13 @@ def greet(ctx: Context, name: str) -> str:
     return ctx.call(echo, text=f"héllo {name} ✓")
 
 
+@workflow
+def read_aloud(ctx: Context, book: str) -> str:
+    """Large values: the book is stored once, apart from the events that carry it."""
+    ctx.call(echo, text=book)
+    return ctx.call(echo, text=book)[:10]
+
+
 @pytest.fixture
 def exported(tmp_path: Path) -> tuple[list[str], bytes, Path]:
     private, public = generate(tmp_path / "keys")
@@ -100,6 +123,7 @@ def exported(tmp_path: Path) -> tuple[list[str], bytes, Path]:
             baton.drive(baton.start(greet, name=name))
         write_checkpoint(baton.store, key, baton.clock.time())
         baton.drive(baton.start(greet, name="cy"))
+        baton.drive(baton.start(read_aloud, book="Il était une fois… " * 2000))
         write_checkpoint(baton.store, key, baton.clock.time())
     out = tmp_path / "record.jsonl"
     cli = subprocess.run([sys.executable, "-m", "baton", "audit", "export", "--out", str(out)], cwd=tmp_path,
@@ -123,7 +147,9 @@ def test_an_export_verifies_by_the_documented_procedure(exported: tuple[list[str
     assert sum('"kind":"checkpoint"' in line for line in lines) == 2
     assert independent_check(lines, public_pem) is None
     checked = verify_cli(tmp_path, lines, public)
-    assert checked.returncode == 0 and "3 runs" in checked.stdout and "signatures verified" in checked.stdout
+    assert sum('"kind":"blob"' in line for line in lines) == 1
+    assert sum('"codec":"json/c14n-v1+blobs"' in line for line in lines) >= 2
+    assert checked.returncode == 0 and "4 runs" in checked.stdout and "signatures verified" in checked.stdout
 
 
 def tamper_data(lines: list[str]) -> list[str]:
@@ -149,8 +175,12 @@ def drop_first_checkpoint(lines: list[str]) -> list[str]:
     return lines[:i] + lines[i + 1:]
 
 
+def tamper_blob(lines: list[str]) -> list[str]:
+    return [line.replace("une fois", "une foix", 1) if '"kind":"blob"' in line else line for line in lines]
+
+
 @pytest.mark.parametrize("tamper", [tamper_data, drop_last_event_of_first_run, forge_checkpoint,
-                                    drop_first_checkpoint])
+                                    drop_first_checkpoint, tamper_blob])
 def test_a_tampered_export_fails_both_checks(exported: tuple[list[str], bytes, Path], tmp_path: Path,
                                              tamper: Any) -> None:
     lines, public_pem, public = exported

@@ -214,8 +214,8 @@ def swap(path: Path, run_id: str, i: int, j: int) -> None:
 
 
 def write_rows(path: Path, rows: list[EncodedEvent]) -> None:
-    sql(path, *[("INSERT OR REPLACE INTO events (run_id, seq, type, at, data, hash) VALUES (?, ?, ?, ?, ?, ?)",
-                 tuple(row)) for row in rows])
+    sql(path, *[("INSERT OR REPLACE INTO events (run_id, seq, type, at, data, hash, codec) "
+                 "VALUES (?, ?, ?, ?, ?, ?, ?)", tuple(row)) for row in rows])
 
 
 def chained(rows: list[EncodedEvent], prev: str) -> list[EncodedEvent]:

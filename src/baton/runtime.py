@@ -137,10 +137,11 @@ class Baton:
         run_id = run_id or new_run_id(now)
         started = ev.RunStarted(workflow=wf.name, workflow_ref=ref, input=input_json,
                                 principal=principal, tenant=tenant, limits=run_limits.to_json() or None)
-        rows = encode_batch(run_id, 0, GENESIS_HASH, [started], now)
-        self.store.create_run(
-            NewRun(run_id, wf.name, ref, now, principal, tenant), rows, index_update([started])
-        )
+        blobs: dict[str, str] = {}
+        rows = encode_batch(run_id, 0, GENESIS_HASH, [started], now, blobs)
+        update = index_update([started])
+        update.blobs = blobs
+        self.store.create_run(NewRun(run_id, wf.name, ref, now, principal, tenant), rows, update)
         return run_id
 
     def _acting_for(self, principal: str | None, tenant: str | None) -> tuple[str | None, str | None]:
@@ -218,7 +219,7 @@ class Baton:
 
     def _execute(self, claim: Claim, listener: Listener | None) -> Outcome | None:
         record, previous = claim.record, claim.previous_owner
-        events = [decode(row) for row in self.store.read(record.run_id)]
+        events = [decode(row, self.store.blob) for row in self.store.read(record.run_id)]
         workflow: Workflow | None = None
         load_error = ""
         try:
@@ -353,7 +354,7 @@ class Baton:
             raise UsageError(f"run {run_id} is being executed by another worker; try again")
         record = claim.record
         try:
-            events = [decode(r) for r in self.store.read(run_id)]
+            events = [decode(r, self.store.blob) for r in self.store.read(run_id)]
             x = Execution(store=self.store, settings=self.settings, clock=self.clock,
                           pool=self.pool, run=record, events=events, governance=self.governance)
             rec = x.state.steps.get(step_id)
@@ -450,7 +451,7 @@ class Baton:
         return self.store.read(self.resolve_run_id(run_id))
 
     def events(self, run_id: str) -> list[ev.Event]:
-        return [decode(row) for row in self.journal(run_id)]
+        return [decode(row, self.store.blob) for row in self.journal(run_id)]
 
     def worker(self, *, concurrency: int = 1, listener: Listener | None = None) -> Worker:
         from .engine.worker import Worker

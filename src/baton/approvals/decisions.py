@@ -69,7 +69,7 @@ def _append(baton: Baton, record: ApprovalRecord, who: Principal, verb: str, dec
         run = baton.get_run(record.run_id)
         if run.status.terminal:
             raise ApprovalError(f"approval {name}: run {run.run_id} has ended ({run.status.value})")
-        events = [decode(row) for row in baton.store.read(record.run_id)]
+        events = [decode(row, baton.store.blob) for row in baton.store.read(record.run_id)]
         x = Execution(store=baton.store, settings=baton.settings, clock=baton.clock, pool=baton.pool,
                       run=run, events=events)
         rec = x.state.steps.get(record.step_id)

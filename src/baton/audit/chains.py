@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from ..journal import GENESIS_HASH, EncodedEvent, chain_break
+from ..journal import BLOB_CODEC, GENESIS_HASH, EncodedEvent, chain_break
+from ..journal.blobs import Fetch, blob_hash, references
 from .checkpoints import Checkpoint, body_hash, merkle_root
 from .keys import key_id, signature_valid
 
@@ -51,7 +53,8 @@ Recorded = tuple[int, int, str]
 """(checkpoint, seq, hash): a head a signed checkpoint recorded for a run."""
 
 
-def verify_run(store: Store, run_id: str, recorded: list[Recorded] | None = None) -> tuple[int, Problem | None]:
+def verify_run(store: Store, run_id: str, recorded: list[Recorded] | None = None,
+               checked: set[str] | None = None) -> tuple[int, Problem | None]:
     """Recompute one run's chain. Returns (events checked, first problem or None).
 
     Besides the chain itself, the journal must still reach the run's anchor (the head the
@@ -63,13 +66,43 @@ def verify_run(store: Store, run_id: str, recorded: list[Recorded] | None = None
     before = store.get_run(run_id)
     rows = store.read(run_id)
     anchor = (before.anchor_seq, before.anchor_hash) if before is not None and before.anchor_seq > 0 else None
-    return len(rows), chain_problem(run_id, rows, recorded or [], anchor)
+    return len(rows), chain_problem(run_id, rows, recorded or [], anchor, store.blob, checked)
+
+
+def blob_problem(run_id: str, rows: Sequence[EncodedEvent], fetch: Fetch, checked: set[str]) -> Problem | None:
+    """Every large value the rows refer to must be there and match its hash (the chain
+    covers the references, so this is what covers the values). ``checked`` is shared across
+    runs: a value repeated everywhere is read once."""
+    for row in rows:
+        if row.codec != BLOB_CODEC:
+            continue
+        try:
+            pending = references(json.loads(row.data))
+        except ValueError:
+            return Problem(run_id, row.seq, "its data is not JSON")
+        while pending:
+            digest = pending.pop()
+            if digest in checked:
+                continue
+            try:
+                text = fetch(digest)
+            except KeyError:
+                return Problem(run_id, row.seq, f"the large value {digest[:12]}… it refers to is missing: it was "
+                                                "removed")
+            if blob_hash(text) != digest:
+                return Problem(run_id, row.seq, f"the large value {digest[:12]}… it refers to does not match its "
+                                                "hash: it was changed")
+            checked.add(digest)
+            pending.extend(references(json.loads(text)))
+    return None
 
 
 def chain_problem(run_id: str, rows: Sequence[EncodedEvent], recorded: list[Recorded],
-                  anchor: tuple[int, str] | None = None) -> Problem | None:
-    """The first problem with one run's journal: its chain, then the heads that must still be
-    in it (the index's anchor, and each head a checkpoint recorded)."""
+                  anchor: tuple[int, str] | None = None, fetch: Fetch | None = None,
+                  checked: set[str] | None = None) -> Problem | None:
+    """The first problem with one run's journal: its chain, the large values its rows refer
+    to, then the heads that must still be in it (the index's anchor, and each head a
+    checkpoint recorded)."""
     broken = chain_break(rows)
     if broken is not None:
         expected, row = broken.expected_seq, broken.row
@@ -77,6 +110,10 @@ def chain_problem(run_id: str, rows: Sequence[EncodedEvent], recorded: list[Reco
             what = "missing" if row.seq > expected else "out of order or duplicated"
             return Problem(run_id, expected, f"event {expected} is {what}")
         return Problem(run_id, row.seq, f"{row.type} does not match its hash: the event or one before it was changed")
+    if fetch is not None:
+        missing = blob_problem(run_id, rows, fetch, set() if checked is None else checked)
+        if missing is not None:
+            return missing
     # Unbroken, so rows[i] holds seq i + 1.
     last = rows[-1].seq if rows else 0
     if anchor is not None:
@@ -117,8 +154,9 @@ def verify(store: Store, run_id: str | None = None, public_key: Ed25519PublicKey
                 problems.append(Problem(rid, lowest, f"event {lowest} cannot exist (a journal starts at event 1): "
                                                      "it was inserted"))
     total = 0
+    checked: set[str] = set()
     for rid in run_ids:
-        count, problem = verify_run(store, rid, recorded.get(rid))
+        count, problem = verify_run(store, rid, recorded.get(rid), checked)
         total += count
         if problem is not None:
             problems.append(problem)

@@ -1,7 +1,8 @@
 """``baton audit export``: the record as JSON lines a third party can verify without Baton.
 
 The first line says what the file is; then one line per checkpoint, then one per event,
-each run's events in order::
+each run's events in order, with each large value an event refers to on a line of its own
+(once, before the first event that needs it)::
 
     {"codec": "json/c14n-v1", "exported_at": "...", "format": 1, "kind": "baton-audit-export"}
     {"body": "...", "hash": "...", "kind": "checkpoint", "seq": 1, "signature": "..."}
@@ -18,7 +19,8 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from ..errors import UsageError
-from ..journal import CODEC, EncodedEvent, canonical_json, format_time
+from ..journal import BLOB_CODEC, CODEC, EncodedEvent, canonical_json, format_time
+from ..journal.blobs import references
 from .chains import Problem, VerifyReport, chain_problem, recorded_heads, verify_checkpoints
 from .checkpoints import Checkpoint
 
@@ -36,10 +38,29 @@ def export_lines(store: Store, run_id: str | None, now: float) -> Iterator[str]:
     for checkpoint in store.checkpoints():
         yield canonical_json({"body": checkpoint.body, "hash": checkpoint.hash, "kind": "checkpoint",
                               "seq": checkpoint.seq, "signature": checkpoint.signature})
+    written: set[str] = set()
     for rid in [run_id] if run_id else store.all_run_ids():
         for row in store.read(rid):
-            yield canonical_json({"at": row.at, "data": row.data, "hash": row.hash, "kind": "event",
-                                  "run_id": row.run_id, "seq": row.seq, "type": row.type})
+            if row.codec == BLOB_CODEC:
+                yield from _blob_lines(store, json.loads(row.data), written)
+            line = {"at": row.at, "data": row.data, "hash": row.hash, "kind": "event", "run_id": row.run_id,
+                    "seq": row.seq, "type": row.type}
+            if row.codec != CODEC:
+                line["codec"] = row.codec
+            yield canonical_json(line)
+
+
+def _blob_lines(store: Store, value: object, written: set[str]) -> Iterator[str]:
+    """The large values an event refers to (and those they refer to), each once, before it."""
+    pending = references(value)
+    while pending:
+        digest = pending.pop()
+        if digest in written:
+            continue
+        written.add(digest)
+        text = store.blob(digest)
+        pending.extend(references(json.loads(text)))
+        yield canonical_json({"data": text, "hash": digest, "kind": "blob"})
 
 
 def verify_export(lines: Iterable[str], public_key: Ed25519PublicKey | None) -> VerifyReport:
@@ -47,6 +68,7 @@ def verify_export(lines: Iterable[str], public_key: Ed25519PublicKey | None) -> 
     head a checkpoint recorded for a run the export holds."""
     checkpoints: list[Checkpoint] = []
     runs: dict[str, list[EncodedEvent]] = {}
+    blobs: dict[str, str] = {}
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -61,7 +83,10 @@ def verify_export(lines: Iterable[str], public_key: Ed25519PublicKey | None) -> 
                 checkpoints.append(Checkpoint(int(item["seq"]), item["body"], item["hash"], item["signature"]))
             elif kind == "event":
                 runs.setdefault(item["run_id"], []).append(EncodedEvent(
-                    item["run_id"], int(item["seq"]), item["type"], item["at"], item["data"], item["hash"]))
+                    item["run_id"], int(item["seq"]), item["type"], item["at"], item["data"], item["hash"],
+                    item.get("codec", CODEC)))
+            elif kind == "blob":
+                blobs[item["hash"]] = item["data"]
             else:
                 raise ValueError(f"unknown kind {kind!r}")
         except (ValueError, KeyError, TypeError) as exc:
@@ -71,7 +96,7 @@ def verify_export(lines: Iterable[str], public_key: Ed25519PublicKey | None) -> 
     events = 0
     for rid, rows in runs.items():
         events += len(rows)
-        problem = chain_problem(rid, rows, recorded.get(rid, []))
+        problem = chain_problem(rid, rows, recorded.get(rid, []), fetch=blobs.__getitem__, checked=set())
         if problem is not None:
             problems.append(problem)
     return VerifyReport(len(runs), events, problems, len(checkpoints), public_key is not None)

@@ -18,8 +18,9 @@ from ..budgets import Limits
 from ..config import Governance
 from ..engine.execution import Listener
 from ..errors import BatonError, UsageError
-from ..journal import RunStatus, decode
+from ..journal import BLOB_CODEC, RunStatus, decode
 from ..journal import events as ev
+from ..journal.blobs import resolve as resolve_blobs
 from ..runtime import Baton
 from ..settings import Settings
 from ..store import RunRecord, SqliteStore, sqlite_path
@@ -379,14 +380,16 @@ def runs_show(run_id: str, as_json: JsonOpt = False, db: DatabaseOpt = None) -> 
         if as_json:
             body = run_json(record)
             body["journal"] = [
-                {"seq": r.seq, "type": r.type, "at": r.at, "data": json.loads(r.data), "hash": r.hash}
+                {"seq": r.seq, "type": r.type, "at": r.at, "hash": r.hash,
+                 "data": resolve_blobs(json.loads(r.data), baton.store.blob) if r.codec == BLOB_CODEC
+                 else json.loads(r.data)}
                 for r in rows
             ]
             print(json.dumps(body, indent=2))
             return
         out.print(f"[bold]{record.run_id}[/]  {record.workflow}  {status_text(record.status.value)}"
                   f"  [dim]{record.workflow_ref}[/]", highlight=False)
-        events = [(r.seq, r.at, decode(r)) for r in rows]
+        events = [(r.seq, r.at, decode(r, baton.store.blob)) for r in rows]
         if record.status is RunStatus.NEEDS_ATTENTION and record.outcome:
             out.print(f"[bold yellow]needs attention:[/] {record.outcome}", highlight=False)
             attention = [e for _, _, e in events if isinstance(e, ev.NeedsAttention)]

@@ -46,7 +46,7 @@ class _Tail:
     def poll(self, label: str) -> None:
         for row in self.baton.store.read(self.run_id, self.seq):
             self.seq = row.seq
-            text = self.renderer.line(decode(row))
+            text = self.renderer.line(decode(row, self.baton.store.blob))
             if text is not None:
                 self.console.print(f"  [dim]{label}[/]  {text}", highlight=False)
 
@@ -187,7 +187,7 @@ def _story(console: Console, *, root: Path, interactive: bool) -> int:
     console.print()
     console.print(Rule("[bold]Timeline"))
     rows = baton.journal(run_id)
-    console.print(timeline_table([(r.seq, r.at, decode(r)) for r in rows]))
+    console.print(timeline_table([(r.seq, r.at, decode(r, baton.store.blob)) for r in rows]))
 
     console.print()
     console.print(Rule("[bold]Proof"))
@@ -195,7 +195,7 @@ def _story(console: Console, *, root: Path, interactive: bool) -> int:
     requests = services.refund_requests()
     attempts = services.email_attempts()
     notes = services.notes()
-    events = [decode(r) for r in rows]
+    events = [decode(r, baton.store.blob) for r in rows]
     held = [e for e in events if isinstance(e, ev.PolicyDecided) and e.effect == "approval"]
     granted = [e for e in events if isinstance(e, ev.ApprovalGranted)]
     consumed = [e for e in events if isinstance(e, ev.ApprovalConsumed)]

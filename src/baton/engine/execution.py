@@ -95,8 +95,9 @@ class Execution:
         batch = self.pending + events if self.pending else events
         self.pending = []
         now = self.clock.time()
+        blobs: dict[str, str] = {}
         try:
-            rows = encode_batch(self.run_id, self.head_seq, self.head_hash, batch, now)
+            rows = encode_batch(self.run_id, self.head_seq, self.head_hash, batch, now, blobs)
         except (TypeError, ValueError, RecursionError) as exc:
             raise Abort(BatonError(f"cannot record the run's events: they are not JSON ({exc})",
                                    run_id=self.run_id)) from None
@@ -110,6 +111,10 @@ class Execution:
             if update is _NO_UPDATE:
                 update = IndexUpdate()
             update.usage = usage
+        if blobs:
+            if update is _NO_UPDATE:
+                update = IndexUpdate()
+            update.blobs = blobs
         try:
             self.store.append(self.run_id, self.head_seq, rows, update, now)
         except AppendConflict:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from ..errors import StoreError
+from .blobs import BLOB_CODEC, THRESHOLD, Fetch, externalize, resolve
 from .encoding import (
     CODEC,
     GENESIS_HASH,
@@ -20,6 +22,7 @@ from .events import Event, event_class
 from .index import IndexUpdate, RunStatus, index_update
 
 __all__ = [
+    "BLOB_CODEC",
     "CODEC",
     "GENESIS_HASH",
     "EncodedEvent",
@@ -57,8 +60,11 @@ def encode_batch(
     head_hash: str,
     events: Iterable[Event],
     at: float,
+    blobs: dict[str, str] | None = None,
 ) -> list[EncodedEvent]:
-    """Give ``events`` the sequence numbers after ``head_seq`` and chain their hashes."""
+    """Give ``events`` the sequence numbers after ``head_seq`` and chain their hashes. With
+    ``blobs``, an event larger than the blob threshold has its large values moved into it
+    (to be stored once, by hash) and is written in the blob codec."""
     stamp = format_time(at)
     parts = envelope_parts(run_id, stamp)
     rows: list[EncodedEvent] = []
@@ -67,18 +73,30 @@ def encode_batch(
         seq += 1
         data = event.encoded()
         type_name = event.type_name
-        digest = chain_hash(prev, envelope_json(run_id, seq, type_name, stamp, data, parts))
-        rows.append(EncodedEvent(run_id, seq, type_name, stamp, data, digest))
+        if blobs is not None and len(data) > THRESHOLD:
+            data = externalize(event.to_json(), blobs)
+            digest = chain_hash(prev, envelope_json(run_id, seq, type_name, stamp, data, parts, BLOB_CODEC))
+            rows.append(EncodedEvent(run_id, seq, type_name, stamp, data, digest, BLOB_CODEC))
+        else:
+            digest = chain_hash(prev, envelope_json(run_id, seq, type_name, stamp, data, parts))
+            rows.append(EncodedEvent(run_id, seq, type_name, stamp, data, digest))
         prev = digest
     return rows
 
 
-def decode(row: EncodedEvent) -> Event:
+def decode(row: EncodedEvent, fetch: Fetch | None = None) -> Event:
     """The typed event of a journal row. A row this version of Baton cannot read (written by
-    a newer version, or damaged) is a :class:`~baton.errors.StoreError` that says so."""
+    a newer version, or damaged) is a :class:`~baton.errors.StoreError` that says so.
+    ``fetch`` reads blobs (``store.blob``), for rows whose large values are stored apart."""
     try:
+        if row.codec == BLOB_CODEC:
+            if fetch is None:
+                raise ValueError("its large values are stored apart; read it with its store's blobs")
+            return event_class(row.type).model_validate(resolve(json.loads(row.data), fetch))
+        if row.codec != CODEC:
+            raise ValueError(f"unknown codec {row.codec!r}")
         return event_class(row.type).model_validate_json(row.data)
-    except ValueError as exc:  # an unknown type, or fields this version does not know
+    except (ValueError, KeyError) as exc:  # an unknown type, or fields this version does not know
         detail = str(exc).splitlines()[0]
         raise StoreError(
             f"run {row.run_id}, event {row.seq} ({row.type}) cannot be read by this version of Baton "

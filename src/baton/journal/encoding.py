@@ -79,14 +79,17 @@ def envelope_parts(run_id: str, at: str) -> tuple[str, str]:
 
 
 def envelope_json(run_id: str, seq: int, type_: str, at: str, data_json: str,
-                  parts: tuple[str, str] | None = None) -> str:
+                  parts: tuple[str, str] | None = None, codec: str = CODEC) -> str:
     """The canonical JSON of a stored event, assembled from its already-canonical ``data``.
 
     Equivalent to ``canonical_json({"at": at, "data": data, "run_id": run_id, "seq": seq,
     "type": type_})`` (a property test pins this), without encoding ``data`` twice.
-    ``parts`` are :func:`envelope_parts` computed once for a batch.
+    ``parts`` are :func:`envelope_parts` computed once for a batch. A row in another codec
+    than the default has ``"codec"`` in its envelope too, so its hash covers how to read it.
     """
     head, middle = parts or envelope_parts(run_id, at)
+    if codec != CODEC:
+        head = head.replace(',"data":', f',"codec":{json_string(codec)},"data":', 1)
     return f"{head}{data_json}{middle}{seq},\"type\":{json_string(type_)}}}"
 
 
@@ -103,9 +106,10 @@ class EncodedEvent(NamedTuple):
     at: str
     data: str
     hash: str
+    codec: str = CODEC
 
     def envelope(self) -> str:
-        return envelope_json(self.run_id, self.seq, self.type, self.at, self.data)
+        return envelope_json(self.run_id, self.seq, self.type, self.at, self.data, codec=self.codec)
 
     def expected_hash(self, prev_hash: str) -> str:
         return chain_hash(prev_hash, self.envelope())

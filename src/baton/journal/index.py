@@ -59,6 +59,8 @@ class IndexUpdate:
     """Approval events, which the store applies to its index of approval requests."""
     usage: list[Usage] = field(default_factory=list)
     """Completed tool calls, for policies that count a principal's recent calls."""
+    blobs: dict[str, str] = field(default_factory=dict)
+    """Large values the appended rows refer to by hash, stored once."""
 
     def merge(self, event: ev.Event) -> None:
         if type(event) in MOVING:
@@ -119,7 +121,7 @@ class IndexUpdate:
         self.outcome = None
 
     def __bool__(self) -> bool:
-        return self.status is not None or bool(self.consumed_signals or self.approvals or self.usage)
+        return self.status is not None or bool(self.consumed_signals or self.approvals or self.usage or self.blobs)
 
 
 def index_update(events: list[ev.Event]) -> IndexUpdate:

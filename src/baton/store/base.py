@@ -94,6 +94,14 @@ class Store(Protocol):
 
     def read(self, run_id: str, after_seq: int = 0) -> list[EncodedEvent]: ...
 
+    def blob(self, digest: str) -> str:
+        """A stored large value's canonical JSON, by its hash. Raises ``KeyError`` if missing."""
+        ...
+
+    def blob_bytes(self) -> int:
+        """How many bytes the blob table holds."""
+        ...
+
     def get_run(self, run_id: str) -> RunRecord | None: ...
 
     def find_run(self, prefix: str) -> list[str]:

@@ -55,8 +55,8 @@ _MAX_ROWS = 16
 
 @functools.lru_cache(maxsize=_MAX_ROWS)
 def _insert_sql(count: int) -> str:
-    values = ", ".join(["(?, ?, ?, ?, ?, ?)"] * count)
-    return f"INSERT INTO events (run_id, seq, type, at, data, hash) VALUES {values}"
+    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * count)
+    return f"INSERT INTO events (run_id, seq, type, at, data, hash, codec) VALUES {values}"
 
 
 _APPROVAL_COLUMNS = (
@@ -264,6 +264,7 @@ class SqliteStore:
                      run.created_at, head.seq, head.hash, run.principal, run.tenant),
                 )
                 self._insert(conn, first)
+                self._insert_blobs(conn, update.blobs)
         except sqlite3.IntegrityError as exc:
             raise AppendConflict(f"run {run.run_id} already exists", run_id=run.run_id) from exc
 
@@ -276,14 +277,15 @@ class SqliteStore:
             )
         conn = self._conn()
         try:
-            if update.status is None and not (update.consumed_signals or update.approvals or update.usage) \
-                    and len(rows) <= _MAX_ROWS:
+            if update.status is None and not (update.consumed_signals or update.approvals or update.usage
+                                              or update.blobs) and len(rows) <= _MAX_ROWS:
                 # The common case, a step of a running run: one statement is one transaction.
                 self._insert(conn, rows)
                 return
             conn.execute("BEGIN IMMEDIATE")
             try:
                 self._insert(conn, rows)
+                self._insert_blobs(conn, update.blobs)
                 if update.status is not None:
                     head = rows[-1]
                     conn.execute(
@@ -332,9 +334,23 @@ class SqliteStore:
             chunk = rows[start : start + _MAX_ROWS]
             conn.execute(_insert_sql(len(chunk)), [v for row in chunk for v in row])
 
+    @staticmethod
+    def _insert_blobs(conn: sqlite3.Connection, blobs: dict[str, str]) -> None:
+        if blobs:
+            conn.executemany("INSERT OR IGNORE INTO blobs (hash, data) VALUES (?, ?)", blobs.items())
+
+    def blob(self, digest: str) -> str:
+        rows = self._query("SELECT data FROM blobs WHERE hash = ?", (digest,))
+        if not rows:
+            raise KeyError(f"blob {digest} is missing")
+        return str(rows[0][0])
+
+    def blob_bytes(self) -> int:
+        return int(self._query("SELECT COALESCE(SUM(LENGTH(CAST(data AS BLOB))), 0) FROM blobs")[0][0])
+
     def read(self, run_id: str, after_seq: int = 0) -> list[EncodedEvent]:
         rows = self._query(
-            "SELECT run_id, seq, type, at, data, hash FROM events "
+            "SELECT run_id, seq, type, at, data, hash, codec FROM events "
             "WHERE run_id = ? AND seq > ? ORDER BY seq",
             (run_id, after_seq),
         )
