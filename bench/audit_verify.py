@@ -9,7 +9,11 @@ Builds a database of real journals (written through Baton's own encoding, fast: 
 inserted directly rather than by running workflows), signs a checkpoint over it, and times
 ``verify`` with the public key: every hash recomputed, every checkpoint checked. The floor in
 the same run is sha256 alone over the same envelopes, in Python. Target: over 100,000 events
-per second. See docs/benchmarks.md.
+per second.
+
+Then the storage a growing context costs: a conversation whose every step resends the whole
+history so far, run for N and 2N turns; flat means the second N turns cost what the first N
+did (a ratio near 1), quadratic means three times as much. See docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from baton import SqliteStore
+from baton import Baton, Context, Settings, SqliteStore, tool, workflow
 from baton.audit import verify, write_checkpoint
 from baton.audit.keys import generate, load_private, load_public
 from baton.journal import GENESIS_HASH, encode_batch, index_update
@@ -32,6 +36,27 @@ from baton.journal import events as ev
 from baton.store import NewRun
 
 TARGET = 100_000
+
+
+@tool(idempotent=True)
+def reply(turn: int, history: list[dict[str, str]]) -> str:
+    return f"reply {turn}"
+
+
+@workflow
+def conversation(ctx: Context, turns: int) -> int:
+    history: list[dict[str, str]] = []
+    for turn in range(turns):
+        history.append({"role": "user", "content": f"turn {turn}: " + "the customer says " * 40})
+        history.append({"role": "assistant", "content": ctx.call(reply, turn=turn, history=history)})
+    return turns
+
+
+def stored(folder: Path, turns: int) -> int:
+    with Baton(Settings(database_url=f"sqlite:///{folder / f'growth-{turns}.db'}", durability="normal")) as baton:
+        run_id = baton.start(conversation, turns=turns)
+        baton.drive(run_id)
+        return baton.store.blob_bytes() + sum(len(r.data) for r in baton.journal(run_id))
 
 
 def build(store: SqliteStore, runs: int, events: int) -> int:
@@ -56,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--events", type=int, default=1000)
+    parser.add_argument("--turns", type=int, default=250, help="turns of the growing conversation (then twice)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(dir=".") as folder:
         root = Path(folder)
@@ -80,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                 prev = hashlib.sha256((prev + envelope).encode()).hexdigest()
         floor = (time.perf_counter() - t1) / (max(1, total // len(envelopes)) * len(envelopes))
         store.close()
+        first, both = stored(root, args.turns), stored(root, 2 * args.turns)
 
     rate = total / seconds
     print("Baton audit verification")
@@ -95,6 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"{'PASS' if rate > TARGET else 'FAIL'} over {TARGET:,} events per second "
           f"({rate * floor:.2f}x the sha256 floor's rate)")
+    later = both - first
+    print()
+    print(f"growing context: {args.turns} turns store {first / 1024:,.0f} KiB ({first / args.turns / 1024:.1f} KiB "
+          f"per turn); the next {args.turns} store {later / 1024:,.0f} KiB ({later / args.turns / 1024:.1f} KiB "
+          "per turn)")
+    print(f"{'PASS' if later < 1.5 * first else 'FAIL'} flat growth: the second half costs {later / first:.2f}x "
+          "the first (quadratic would be ~3x)")
     return 0
 
 

@@ -147,7 +147,7 @@ def test_an_export_verifies_by_the_documented_procedure(exported: tuple[list[str
     assert sum('"kind":"checkpoint"' in line for line in lines) == 2
     assert independent_check(lines, public_pem) is None
     checked = verify_cli(tmp_path, lines, public)
-    assert sum('"kind":"blob"' in line for line in lines) == 1
+    assert sum('"kind":"blob"' in line for line in lines) >= 1
     assert sum('"codec":"json/c14n-v1+blobs"' in line for line in lines) >= 2
     assert checked.returncode == 0 and "4 runs" in checked.stdout and "signatures verified" in checked.stdout
 

@@ -80,7 +80,8 @@ def test_an_export_carries_the_blobs_and_verifies(tmp_path: Path) -> None:
     with Baton(make_settings(tmp_path)) as baton:
         baton.drive(baton.start(long_run, steps=3))
         lines = list(export_lines(baton.store, None, 0.0))
-    assert sum('"kind":"blob"' in line for line in lines) == 1
+    blob_lines = [line for line in lines if '"kind":"blob"' in line]
+    assert blob_lines and len(blob_lines) == len(set(blob_lines))  # each stored value once
     assert verify_export(lines, None).ok
     tampered = [line.replace("message 7", "message 8") if '"kind":"blob"' in line else line for line in lines]
     assert not verify_export(tampered, None).ok
@@ -104,3 +105,37 @@ def test_externalized_values_resolve_to_themselves(value: dict[str, Any], thresh
     stored = json.loads(externalize(value, blobs, threshold))
     assert resolve(stored, blobs.__getitem__) == value
     assert set(references(stored)) <= set(blobs)
+
+
+@tool(idempotent=True)
+def reply(turn: int, history: list[dict[str, str]]) -> str:
+    return f"reply {turn}"
+
+
+@workflow
+def conversation(ctx: Context, turns: int) -> int:
+    history: list[dict[str, str]] = []
+    for turn in range(turns):
+        history.append({"role": "user", "content": f"turn {turn}: " + "details " * 100})
+        history.append({"role": "assistant", "content": ctx.call(reply, turn=turn, history=history)})
+    return turns
+
+
+def stored_bytes(tmp_path: Path, turns: int) -> int:
+    with Baton(make_settings(tmp_path)) as baton:
+        run_id = baton.start(conversation, turns=turns)
+        assert baton.drive(run_id).status is RunStatus.COMPLETED
+        ran = [e for e in baton.events(run_id) if isinstance(e, ev.StepRan)]
+        assert len(ran[-1].args["history"]) == 2 * turns - 1
+        assert ran[-1].args["history"][0]["content"].startswith("turn 0")
+        return baton.store.blob_bytes() + sum(len(r.data) for r in baton.journal(run_id))
+
+
+def test_a_growing_context_costs_the_same_per_step_however_long_it_gets(tmp_path: Path) -> None:
+    """Each step resends the whole conversation so far. Stored naively that is quadratic
+    (twice the turns, four times the bytes); in chunks, what a step adds stays the same."""
+    half, full = stored_bytes(tmp_path / "150", 150), stored_bytes(tmp_path / "300", 300)
+    assert full < 2.4 * half, (half, full)
+    message = len(json.dumps({"role": "user", "content": "turn 0: " + "details " * 100}))
+    naive = sum(2 * t * message for t in range(300))
+    assert full < naive / 10, (full, naive)
