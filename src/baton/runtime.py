@@ -438,6 +438,10 @@ class Baton:
         if len(matches) == 1:
             return matches[0]
         if not matches:
+            pruned = self.store.pruned_runs().get(run_id)
+            if pruned is not None:
+                raise RunNotFound(f"run {run_id} was archived to {pruned[2]} and removed from the database",
+                                  run_id=run_id)
             raise RunNotFound(f"no run {run_id!r}", run_id=run_id)
         raise UsageError(f"{run_id!r} matches several runs: {', '.join(matches[:5])}")
 

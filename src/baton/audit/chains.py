@@ -144,8 +144,16 @@ def verify(store: Store, run_id: str | None = None, public_key: Ed25519PublicKey
     run_ids = [run_id] if run_id else store.all_run_ids()
     if run_id is None:
         known = set(run_ids)
+        pruned = store.pruned_runs()
         for rid in sorted(set(recorded) - known):
             first = recorded[rid][0][0]
+            last_checkpoint, last_seq, last_hash = recorded[rid][-1]
+            if rid in pruned:
+                seq, head, _ = pruned[rid]
+                if (seq, head) != (last_seq, last_hash):
+                    problems.append(Problem(rid, seq, f"the run was pruned at event {seq}, but signed checkpoint "
+                                                      f"{last_checkpoint} recorded event {last_seq}"))
+                continue  # archived: its file verifies it (baton audit verify --export)
             problems.append(Problem(rid, 1, f"the run is gone, but signed checkpoint {first} recorded it"))
         for rid, (lowest, _) in sorted(store.event_bounds().items()):
             if rid not in known:

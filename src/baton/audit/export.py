@@ -32,14 +32,15 @@ if TYPE_CHECKING:
 FORMAT = 1
 
 
-def export_lines(store: Store, run_id: str | None, now: float) -> Iterator[str]:
+def export_lines(store: Store, run_id: str | list[str] | None, now: float) -> Iterator[str]:
     yield canonical_json({"codec": CODEC, "exported_at": format_time(now), "format": FORMAT,
                           "kind": "baton-audit-export"})
     for checkpoint in store.checkpoints():
         yield canonical_json({"body": checkpoint.body, "hash": checkpoint.hash, "kind": "checkpoint",
                               "seq": checkpoint.seq, "signature": checkpoint.signature})
     written: set[str] = set()
-    for rid in [run_id] if run_id else store.all_run_ids():
+    run_ids = [run_id] if isinstance(run_id, str) else run_id if run_id is not None else store.all_run_ids()
+    for rid in run_ids:
         for row in store.read(rid):
             if row.codec == BLOB_CODEC:
                 yield from _blob_lines(store, json.loads(row.data), written)

@@ -6,6 +6,7 @@ import contextlib
 import json
 import signal as signals
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -254,6 +255,44 @@ def resolve(
                            by=by, note=note)
         record = baton.drive(run_id, listener=_progress_printer())
         raise typer.Exit(_report(record, baton))
+
+
+@runs_app.command("prune")
+def runs_prune(
+    finished_before: Annotated[str, typer.Option("--finished-before", help="A date (2026-10-01) or time "
+                                                 "(2026-10-01T12:00:00Z), UTC.")],
+    archive: Annotated[Path | None, typer.Option("--archive", help="Where to write the archive (default: "
+                                                 ".baton/archive-<time>.jsonl).")] = None,
+    key: Annotated[str | None, typer.Option("--key", help="Audit private key (default: BATON_AUDIT_KEY).")] = None,
+    db: DatabaseOpt = None,
+) -> None:
+    """Archive runs that finished before a date to a JSON-lines file that verifies on its own,
+    then remove them from the database."""
+    from ..audit.keys import load_private
+    from ..retention import prune
+
+    cutoff = _parse_time(finished_before, "--finished-before")
+    with _baton(db, must_exist=True) as baton:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        target = archive or Path(".baton") / f"archive-{stamp}.jsonl"
+        report = prune(baton, cutoff, target, load_private(key) if key else baton.audit_key)
+        if report.archive is None:
+            out.print(f"no runs finished before {finished_before}")
+            return
+        out.print(f"archived {report.runs} runs ({report.events} events) to [bold]{report.archive}[/] and removed "
+                  f"them; {report.blobs_removed} stored values no longer referenced were removed too\n"
+                  f"  verify the archive: [bold]baton audit verify --export {report.archive} --public-key FILE[/]",
+                  highlight=False)
+
+
+def _parse_time(text: str, what: str) -> float:
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"{what} must be a date like 2026-10-01 or a time like 2026-10-01T12:00:00Z") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
 
 
 @approvals_app.command("list")

@@ -198,6 +198,23 @@ class Store(Protocol):
         ``AppendConflict`` if a checkpoint with its ``seq`` exists."""
         ...
 
+    # -- retention --------------------------------------------------------------------
+
+    def finished_runs(self, before: float, limit: int = 100_000) -> list[RunRecord]:
+        """Completed, failed or cancelled runs that last changed before ``before``."""
+        ...
+
+    def prune(self, runs: Sequence[RunRecord], archive: str, now: float) -> int:
+        """Remove these runs (their events, index rows, signals, approvals and usage) in one
+        transaction, recording each one's head and ``archive``; then the blobs no remaining
+        event refers to. Raises ``AppendConflict`` if a run's head moved. Returns the number
+        of blobs removed."""
+        ...
+
+    def pruned_runs(self) -> dict[str, tuple[int, str, str]]:
+        """Pruned runs: run id → (head seq, head hash, archive)."""
+        ...
+
     # -- inbox ----------------------------------------------------------------------
 
     def send_signal(self, run_id: str, name: str, data: str, now: float) -> int: ...

@@ -22,8 +22,9 @@ from typing import Any, Literal
 from ..approvals import ApprovalRecord
 from ..audit.checkpoints import Checkpoint
 from ..errors import AppendConflict, MigrationError, StoreError
-from ..journal import EncodedEvent, IndexUpdate, RunStatus, canonical_json
+from ..journal import BLOB_CODEC, EncodedEvent, IndexUpdate, RunStatus, canonical_json
 from ..journal import events as ev
+from ..journal.blobs import references
 from . import migrations
 from .base import NewRun, RunRecord, Signal, Taken
 
@@ -543,6 +544,46 @@ class SqliteStore:
                 )
         except sqlite3.IntegrityError as exc:
             raise AppendConflict(f"checkpoint {checkpoint.seq} was written by another process") from exc
+
+    # -- retention --------------------------------------------------------------------
+
+    def finished_runs(self, before: float, limit: int = 100_000) -> list[RunRecord]:
+        cur = self._query(
+            f"SELECT {_RUN_COLUMNS} FROM {_RUNS} WHERE status IN {_TERMINAL} AND updated_at < ? "
+            "ORDER BY updated_at LIMIT ?",
+            (before, limit),
+        )
+        return [_run(row) for row in cur]
+
+    def prune(self, runs: Sequence[RunRecord], archive: str, now: float) -> int:
+        with self._tx() as conn:
+            for run in runs:
+                head = conn.execute("SELECT seq, hash FROM events WHERE run_id = ? ORDER BY seq DESC LIMIT 1",
+                                    (run.run_id,)).fetchone()
+                if head is None or (head[0], head[1]) != (run.head_seq, run.head_hash):
+                    raise AppendConflict(f"run {run.run_id} changed while it was being archived", run_id=run.run_id)
+                conn.execute("INSERT INTO pruned_runs (run_id, head_seq, head_hash, archive, pruned_at) "
+                             "VALUES (?, ?, ?, ?, ?)", (run.run_id, head[0], head[1], archive, now))
+                for table in ("events", "signals", "approvals", "tool_usage"):
+                    conn.execute(f"DELETE FROM {table} WHERE run_id = ?", (run.run_id,))
+                conn.execute("DELETE FROM runs WHERE run_id = ?", (run.run_id,))
+            referenced: set[str] = set()
+            pending = [ref for (data,) in conn.execute("SELECT data FROM events WHERE codec = ?", (BLOB_CODEC,))
+                       for ref in references(json.loads(data))]
+            while pending:
+                digest = pending.pop()
+                if digest not in referenced:
+                    referenced.add(digest)
+                    row = conn.execute("SELECT data FROM blobs WHERE hash = ?", (digest,)).fetchone()
+                    if row is not None:
+                        pending.extend(references(json.loads(row[0])))
+            unused = [h for (h,) in conn.execute("SELECT hash FROM blobs") if h not in referenced]
+            conn.executemany("DELETE FROM blobs WHERE hash = ?", [(h,) for h in unused])
+            return len(unused)
+
+    def pruned_runs(self) -> dict[str, tuple[int, str, str]]:
+        rows = self._query("SELECT run_id, head_seq, head_hash, archive FROM pruned_runs")
+        return {r[0]: (r[1], r[2], r[3]) for r in rows}
 
     # -- inbox ----------------------------------------------------------------------
 

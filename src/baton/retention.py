@@ -1,0 +1,67 @@
+"""Keeping storage bounded: ``baton runs prune`` archives finished runs to a JSON-lines file
+and removes them (events, index rows, and the stored values nothing else refers to).
+
+Nothing is removed until a signed checkpoint covers each run's last head and the archive,
+with those checkpoints, has been written, synced and verified: the archive then proves the
+runs' history on its own (``baton audit verify --export``), and the database keeps each
+run's head, so ``baton audit verify`` can tell a pruned run from one that went missing.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .audit import write_checkpoint
+from .audit.export import export_lines, verify_export
+from .errors import UsageError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from .runtime import Baton
+
+
+@dataclass(frozen=True, slots=True)
+class PruneReport:
+    runs: int
+    events: int
+    blobs_removed: int
+    archive: Path | None
+
+
+def prune(baton: Baton, finished_before: float, archive: Path, key: Ed25519PrivateKey | None) -> PruneReport:
+    store = baton.store
+    runs = store.finished_runs(finished_before)
+    if not runs:
+        return PruneReport(0, 0, 0, None)
+    if key is None:
+        raise UsageError("pruning needs the audit key (BATON_AUDIT_KEY or --key): a signed checkpoint must cover "
+                         "each run's last event before its events go")
+    if archive.exists():
+        raise UsageError(f"{archive} exists; choose another --archive file")
+    write_checkpoint(store, key, baton.clock.time())
+    covered = store.checkpointed_heads()
+    for run in runs:
+        if covered.get(run.run_id) != run.head_seq:
+            raise UsageError(f"run {run.run_id} changed while its checkpoint was written; try again")
+    run_ids = [run.run_id for run in runs]
+    partial = archive.with_name(archive.name + ".partial")
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with partial.open("w", encoding="utf-8") as out:
+        for line in export_lines(store, run_ids, baton.clock.time()):
+            out.write(line + "\n")
+        out.flush()
+        os.fsync(out.fileno())
+    with partial.open(encoding="utf-8") as written:
+        report = verify_export(written, key.public_key())
+    events = sum(run.head_seq for run in runs)
+    if not report.ok or report.events != events:
+        partial.unlink()
+        problem = report.problems[0] if report.problems else f"{report.events} events instead of {events}"
+        raise UsageError(f"the archive did not verify ({problem}); nothing was removed")
+    os.replace(partial, archive)
+    removed = store.prune(runs, str(archive), baton.clock.time())
+    return PruneReport(len(runs), events, removed, archive)
