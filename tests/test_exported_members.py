@@ -37,6 +37,7 @@ EXPORTED = [
     "Store",
     "StoreError",
     "SystemClock",
+    "Telemetry",
     "Tool",
     "ToolTimeout",
     "ToolValidationError",

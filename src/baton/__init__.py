@@ -34,6 +34,7 @@ from .identity import Principal
 from .journal import RunStatus
 from .runtime import Baton
 from .settings import Settings
+from .telemetry import Telemetry
 from .store import RunRecord, SqliteStore, Store
 from .tools import Reconciled, RetryPolicy, Tool, tool
 from .workflows import Workflow, workflow
@@ -69,6 +70,7 @@ __all__ = [
     "Store",
     "StoreError",
     "SystemClock",
+    "Telemetry",
     "Tool",
     "ToolTimeout",
     "ToolValidationError",

@@ -28,6 +28,7 @@ from .journal import GENESIS_HASH, EncodedEvent, RunStatus, canonical_json, deco
 from .journal import events as ev
 from .settings import Settings
 from .store import NewRun, RunRecord, Store, open_store
+from .telemetry import Telemetry
 from .tools import Tool
 from .workflows import Workflow, canonical_ref, load_workflow
 
@@ -72,9 +73,12 @@ class Baton:
     """
 
     def __init__(self, settings: Settings | None = None, *, store: Store | None = None,
-                 clock: Clock | None = None, governance: Governance | None = None) -> None:
+                 clock: Clock | None = None, governance: Governance | None = None,
+                 telemetry: Telemetry | None = None) -> None:
         self.settings = settings or Settings.from_env()
         self.governance = governance if governance is not None else Governance.load()
+        self.telemetry = telemetry if telemetry is not None else Telemetry.from_env()
+        self.telemetry.watch_pending_approvals(lambda: len(self.store.list_approvals(limit=100_000)))
         self.audit_key = load_private()
         """The key that signs checkpoints (``BATON_AUDIT_KEY``), if this process has one."""
         self.store = store or open_store(self.settings.database_url, durability=self.settings.durability)
@@ -227,8 +231,19 @@ class Baton:
         except BatonError as exc:
             load_error = exc.message
         x = Execution(store=self.store, settings=self.settings, clock=self.clock, pool=self.pool,
-                      run=record, events=events, listener=listener, governance=self.governance)
+                      run=record, events=events, listener=listener, governance=self.governance,
+                      telemetry=self.telemetry)
         self.leases.add(x)
+        with self.telemetry.span(f"baton.run {record.workflow}", {
+                "baton.run.id": record.run_id, "baton.workflow": record.workflow,
+                "baton.principal": record.principal or "", "baton.takeover": previous is not None}) as span:
+            outcome = self._execute_run(x, claim, workflow, load_error)
+            if span is not None:
+                span.set_attribute("baton.run.status", outcome.status.value if outcome and outcome.status else "fenced")
+            return outcome
+
+    def _execute_run(self, x: Execution, claim: Claim, workflow: Workflow | None, load_error: str) -> Outcome | None:
+        record, previous = claim.record, claim.previous_owner
         try:
             if previous is not None:
                 x.append([ev.RunRecovered(worker=self.owner, previous_owner=previous, reason=claim.reason)])

@@ -7,6 +7,7 @@ tool, or wait) and is sent the outcome; a sync and an async driver run it.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -182,6 +183,7 @@ class Calls:
                                              reason="the workflow now asks for this step with other arguments")
             return self.admit(tool, rec.step_id, values, args_json, before=[withdrawn])
         guard.settle_expiry(rec, approval)
+        guard.record_wait(rec.step_id, approval)
         if approval.status == "denied":
             return CallPlan(tool, rec.step_id, error=guard.approval_denied(tool.name, rec.step_id, approval))
         distrust = guard.untrusted_grant(approval)
@@ -225,6 +227,8 @@ class Calls:
         """A non-idempotent call started and nothing says how it ended."""
         x = self.x
         key = rec.idempotency_key or idempotency_key(x.run_id, rec.step_id)
+        if x.telemetry.meter is not None:
+            x.telemetry.in_doubt.add(1, {"gen_ai.tool.name": tool.name})
         if tool.reconcile is None:
             x.needs_attention(rec.step_id, (
                 f"step {rec.step_id} ({tool.name}) was interrupted after it started; it is not "
@@ -328,6 +332,8 @@ class Calls:
         failed = ev.StepFailed(step_id=step_id, attempt=start.attempt, error=info, final=not retryable,
                                retry_in=delay, retry_at=retry_at)
         x.append([failed] if start_written else [start, failed])
+        if delay is not None and x.telemetry.meter is not None:
+            x.telemetry.retries.add(1, {"gen_ai.tool.name": tool.name})
         if delay is None:
             raise step_error(tool.name, info, x.run_id, step_id)
         return delay
@@ -345,9 +351,44 @@ class Calls:
 
     # -- drivers ----------------------------------------------------------------------
 
+    def _span(self, plan: CallPlan) -> Any:
+        x = self.x
+        return x.telemetry.span(f"execute_tool {plan.tool.name}", {
+            "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": plan.tool.name,
+            "gen_ai.tool.call.id": idempotency_key(x.run_id, plan.step_id), "baton.run.id": x.run_id,
+            "baton.step.id": plan.step_id, "baton.step.idempotent": plan.tool.idempotent,
+        })
+
+    def _measured(self, plan: CallPlan, started: float) -> None:
+        telemetry = self.x.telemetry
+        if telemetry.meter is not None:
+            telemetry.step_duration.record(time.perf_counter() - started, {"gen_ai.tool.name": plan.tool.name})
+
     def run_sync(self, plan: CallPlan) -> Any:
         if not plan.run:
             return plan.recorded()
+        if self.x.telemetry.enabled:
+            started = time.perf_counter()
+            try:
+                with self._span(plan):
+                    return self._run_sync(plan)
+            finally:
+                self._measured(plan, started)
+        return self._run_sync(plan)
+
+    async def run_async(self, plan: CallPlan) -> Any:
+        if not plan.run:
+            return plan.recorded()
+        if self.x.telemetry.enabled:
+            started = time.perf_counter()
+            try:
+                with self._span(plan):
+                    return await self._run_async(plan)
+            finally:
+                self._measured(plan, started)
+        return await self._run_async(plan)
+
+    def _run_sync(self, plan: CallPlan) -> Any:
         steps = self.attempts(plan)
         request = next(steps)
         while True:
@@ -365,9 +406,7 @@ class Calls:
             except StopIteration as done:
                 return done.value
 
-    async def run_async(self, plan: CallPlan) -> Any:
-        if not plan.run:
-            return plan.recorded()
+    async def _run_async(self, plan: CallPlan) -> Any:
         steps = self.attempts(plan)
         request = next(steps)
         while True:

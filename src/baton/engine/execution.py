@@ -24,6 +24,7 @@ from ..journal import events as ev
 from ..journal.index import MOVING
 from ..settings import Settings
 from ..store import RunRecord, Store
+from ..telemetry import Telemetry
 from ..tools import Tool
 from .calls import Calls, error_info, idempotency_key
 from .guard import Guard
@@ -36,6 +37,7 @@ Listener = Callable[[str, list[ev.Event]], None]
 
 
 _NO_UPDATE = IndexUpdate()
+_QUIET = Telemetry()
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +62,7 @@ class Execution:
         events: list[ev.Event],
         listener: Listener | None = None,
         governance: Governance | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -80,6 +83,7 @@ class Execution:
         self.nondeterminism: NonDeterminismError | None = None
         self.abort: BatonError | None = None
         self.last_appended: ev.Event | None = self.state.last
+        self.telemetry = telemetry or _QUIET
         self.calls = Calls(self)
         self.evidence: Any = None
         """What ``ctx.evidence`` attached to the approvals the workflow's next steps ask for."""

@@ -169,7 +169,12 @@ class Guard:
                                 "day": {"count": day_count, "total": day_total, "after": day_total + cost}},
                 },
             )
-            verdict = engine.decide(request)
+            with self.x.telemetry.span(f"baton.policy {tool.name}", {
+                    "baton.run.id": self.x.run_id, "baton.step.id": step_id, "gen_ai.tool.name": tool.name}) as span:
+                verdict = engine.decide(request)
+                if span is not None:
+                    span.set_attributes({"baton.policy.effect": verdict.effect,
+                                         "baton.policy.ids": list(verdict.policies)})
         decided = ev.PolicyDecided.trusted(  # every field is already checked: no second validation
             step_id=step_id, tool=tool.name, args=args_json, principal=self.principal_id, role=tool.role,
             action=f"Action::{tool.name}", resource=f"{resource[0]}::{resource[1]}", effect=verdict.effect,
@@ -184,6 +189,8 @@ class Guard:
         why = "; ".join(verdict.errors) if verdict.errors else (
             f"denied by {', '.join(verdict.policies)}" if verdict.policies else "no policy permits it")
         message = f"policy denied {tool.name} for {self.principal_id or 'nobody'}: {why}"
+        if self.x.telemetry.meter is not None:
+            self.x.telemetry.denials.add(1, {"gen_ai.tool.name": tool.name})
         info = ev.ErrorInfo(type="PolicyDenied", message=message, code=PolicyDenied.code)
         self.x.append([decided, ev.StepFailed(step_id=step_id, attempt=attempt, error=info, final=True)])
         return PolicyDenied(message, policies=verdict.policies, error_type="PolicyDenied",
@@ -234,6 +241,17 @@ class Guard:
         # Buffered: written with what the step makes of it (its failure), in one append.
         x.buffer(ev.ApprovalDenied(step_id=rec.step_id, approval_id=request.approval_id, by=None,
                                    reason="the request expired before anyone decided it"))
+
+    def record_wait(self, step_id: int, approval: ApprovalState) -> None:
+        """A span for the time the step waited for its decision, recorded once, when the
+        decision is first acted on (the wait itself spans processes, maybe days)."""
+        telemetry, request = self.x.telemetry, approval.request
+        if telemetry.tracer is None or approval.status == "pending" or approval.consumed:
+            return
+        telemetry.waited("baton.approval.wait", {
+            "baton.run.id": self.x.run_id, "baton.step.id": step_id, "baton.approval.id": request.approval_id,
+            "baton.approval.status": approval.status, "baton.approval.decided_by": approval.by or "expiry",
+        }, since=request.expires_at - request.expires_after)
 
     def untrusted_grant(self, approval: ApprovalState) -> str | None:
         """Why a grant may not be used under this runtime's principals, or ``None``: the
