@@ -34,8 +34,8 @@ from .identity import Principal
 from .journal import RunStatus
 from .runtime import Baton
 from .settings import Settings
-from .telemetry import Telemetry
 from .store import RunRecord, SqliteStore, Store
+from .telemetry import Telemetry
 from .tools import Reconciled, RetryPolicy, Tool, tool
 from .workflows import Workflow, workflow
 
