@@ -7,6 +7,7 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -72,12 +73,36 @@ def test_finished_runs_are_archived_and_removed_and_both_still_verify(tmp_path: 
     assert checked.returncode == 0 and "4 runs" in checked.stdout, checked.stdout + checked.stderr
 
 
+def test_the_last_days_runs_stay_for_the_policies_that_count_them(tmp_path: Path) -> None:
+    private, _ = generate(tmp_path / "keys")
+    clock = FakeClock()
+    with Baton(make_settings(tmp_path), clock=clock) as baton:
+        run_id = baton.start(story, book="short")
+        baton.drive(run_id)
+        clock.advance(DAY / 2)
+        report = prune(baton, clock.time(), tmp_path / "a.jsonl", load_private(str(private)))
+        assert report.runs == 0 and baton.store.all_run_ids() == [run_id]
+
+
+def test_an_unwritable_archive_removes_nothing_and_says_why(tmp_path: Path) -> None:
+    private, _ = generate(tmp_path / "keys")
+    clock = FakeClock()
+    (tmp_path / "taken").write_text("a file, not a folder")
+    with Baton(make_settings(tmp_path), clock=clock) as baton:
+        run_id = baton.start(story, book="short")
+        baton.drive(run_id)
+        clock.advance(2 * DAY)
+        with pytest.raises(UsageError, match="cannot write the archive"):
+            prune(baton, clock.time(), tmp_path / "taken" / "a.jsonl", load_private(str(private)))
+        assert baton.store.all_run_ids() == [run_id]
+
+
 def test_nothing_is_removed_without_the_key(tmp_path: Path) -> None:
     clock = FakeClock()
     with Baton(make_settings(tmp_path), clock=clock) as baton:
         run_id = baton.start(story, book="short")
         baton.drive(run_id)
-        clock.advance(DAY)
+        clock.advance(2 * DAY)
         with pytest.raises(UsageError, match="audit key"):
             prune(baton, clock.time(), tmp_path / "a.jsonl", None)
         assert baton.store.all_run_ids() == [run_id]
@@ -90,7 +115,7 @@ def test_a_pruned_run_whose_head_does_not_match_its_checkpoint_is_reported(tmp_p
     with Baton(make_settings(tmp_path), clock=clock) as baton:
         run_id = baton.start(story, book="short")
         baton.drive(run_id)
-        clock.advance(DAY)
+        clock.advance(2 * DAY)
         prune(baton, clock.time(), tmp_path / "a.jsonl", load_private(str(private)))
     conn = sqlite3.connect(tmp_path / "b.db")
     with conn:
@@ -103,8 +128,8 @@ def test_a_pruned_run_whose_head_does_not_match_its_checkpoint_is_reported(tmp_p
 
 def test_the_command_line_prunes_by_date(tmp_path: Path) -> None:
     private, _ = generate(tmp_path / "keys")
-    with Baton(make_settings(tmp_path)) as baton:
-        baton.drive(baton.start(story, book="short"))
+    with Baton(make_settings(tmp_path), clock=FakeClock(time.time() - 3 * DAY)) as baton:
+        baton.drive(baton.start(story, book="short"))  # finished three days ago
     env = {"BATON_DATABASE_URL": make_settings(tmp_path).database_url, "BATON_AUDIT_KEY": str(private),
            "COLUMNS": "200"}
     bad = subprocess.run([sys.executable, "-m", "baton", "runs", "prune", "--finished-before", "yesterday"],

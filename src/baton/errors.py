@@ -10,7 +10,9 @@ concern) so that the CLI and API can map them to one-line messages without parsi
     │   └── PolicyError         a policy or config file does not parse or validate
     ├── StoreError              the database refused or is unusable
     │   ├── AppendConflict      another writer appended first: this writer is stale (fencing)
-    │   └── MigrationError
+    │   ├── MigrationError
+    │   ├── BlobMissing         a large value an event refers to is gone
+    │   └── BlobMismatch        a large value does not match its hash
     ├── StepError               a step failed for good; raised inside the workflow, catchable
     │   ├── ToolValidationError arguments did not match the tool's signature
     │   ├── ToolTimeout
@@ -88,6 +90,21 @@ class AppendConflict(StoreError):
 
 class MigrationError(StoreError):
     code = "migration_error"
+
+
+class BlobMissing(StoreError, KeyError):
+    """A large value an event refers to is not in the blob table."""
+
+    code = "blob_missing"
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return self.message
+
+
+class BlobMismatch(StoreError, ValueError):
+    """A large value does not match the hash it is stored under: it was changed."""
+
+    code = "blob_mismatch"
 
 
 class StepError(BatonError):

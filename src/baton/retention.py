@@ -9,6 +9,7 @@ run's head, so ``baton audit verify`` can tell a pruned run from one that went m
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,17 @@ if TYPE_CHECKING:
     from .runtime import Baton
 
 
+DAY = 86400.0
+
+
+def _sync_folder(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 @dataclass(frozen=True, slots=True)
 class PruneReport:
     runs: int
@@ -34,7 +46,8 @@ class PruneReport:
 
 def prune(baton: Baton, finished_before: float, archive: Path, key: Ed25519PrivateKey | None) -> PruneReport:
     store = baton.store
-    runs = store.finished_runs(finished_before)
+    # The last day's calls stay: policies count a principal's calls over 24 hours.
+    runs = store.finished_runs(min(finished_before, baton.clock.time() - DAY))
     if not runs:
         return PruneReport(0, 0, 0, None)
     if key is None:
@@ -49,19 +62,25 @@ def prune(baton: Baton, finished_before: float, archive: Path, key: Ed25519Priva
             raise UsageError(f"run {run.run_id} changed while its checkpoint was written; try again")
     run_ids = [run.run_id for run in runs]
     partial = archive.with_name(archive.name + ".partial")
-    archive.parent.mkdir(parents=True, exist_ok=True)
-    with partial.open("w", encoding="utf-8") as out:
-        for line in export_lines(store, run_ids, baton.clock.time()):
-            out.write(line + "\n")
-        out.flush()
-        os.fsync(out.fileno())
-    with partial.open(encoding="utf-8") as written:
-        report = verify_export(written, key.public_key())
-    events = sum(run.head_seq for run in runs)
-    if not report.ok or report.events != events:
-        partial.unlink()
-        problem = report.problems[0] if report.problems else f"{report.events} events instead of {events}"
-        raise UsageError(f"the archive did not verify ({problem}); nothing was removed")
-    os.replace(partial, archive)
+    try:
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        with partial.open("w", encoding="utf-8") as out:
+            for line in export_lines(store, run_ids, baton.clock.time()):
+                out.write(line + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        with partial.open(encoding="utf-8") as written:
+            report = verify_export(written, key.public_key())
+        events = sum(run.head_seq for run in runs)
+        if not report.ok or report.events != events:
+            problem = report.problems[0] if report.problems else f"{report.events} events instead of {events}"
+            raise UsageError(f"the archive did not verify ({problem}); nothing was removed")
+        os.replace(partial, archive)
+        _sync_folder(archive.parent)  # the archive must outlive a power cut before anything goes
+    except OSError as exc:
+        raise UsageError(f"cannot write the archive {archive}: {exc.strerror}; nothing was removed") from None
+    finally:
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
     removed = store.prune(runs, str(archive), baton.clock.time())
     return PruneReport(len(runs), events, removed, archive)

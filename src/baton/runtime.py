@@ -33,6 +33,8 @@ from .tools import Tool
 from .workflows import Workflow, canonical_ref, load_workflow
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     from .engine.worker import Worker
 
 log = logging.getLogger("baton")
@@ -79,14 +81,21 @@ class Baton:
         self.governance = governance if governance is not None else Governance.load()
         self.telemetry = telemetry if telemetry is not None else Telemetry.from_env()
         self.telemetry.watch_pending_approvals(lambda: len(self.store.list_approvals(limit=100_000)))
-        self.audit_key = load_private()
-        """The key that signs checkpoints (``BATON_AUDIT_KEY``), if this process has one."""
+        self._audit_key: tuple[Ed25519PrivateKey | None] | None = None
         self.store = store or open_store(self.settings.database_url, durability=self.settings.durability)
         self.clock = clock or SystemClock()
         self.owner = new_owner_id()
         self.pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="baton-tool")
         self.leases = LeaseKeeper(self.store, self.settings, self.clock, self.owner)
         self._workflows: dict[str, Workflow] = {}
+
+    @property
+    def audit_key(self) -> Ed25519PrivateKey | None:
+        """The key that signs checkpoints (``BATON_AUDIT_KEY``), if this process has one; read
+        when first needed, so that commands that never sign do not depend on it."""
+        if self._audit_key is None:
+            self._audit_key = (load_private(),)
+        return self._audit_key[0]
 
     def close(self) -> None:
         close_notifier = getattr(self.governance.notifier, "close", None)

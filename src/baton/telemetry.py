@@ -14,6 +14,7 @@ results and evidence are never attributes, so sensitive values cannot leak throu
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -103,7 +104,7 @@ def _tracer_provider(kind: str) -> Any:
 
 def _span_exporter(name: str, console: Any) -> Any:
     if name == "console":
-        return console()
+        return console(out=sys.stderr)  # stdout is the commands' output (--json, exports)
     if name == "otlp":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
@@ -122,7 +123,7 @@ def _meter_provider(kind: str) -> Any:
     readers = []
     for name in (n.strip() for n in kind.split(",")):
         if name == "console":
-            readers.append(PeriodicExportingMetricReader(ConsoleMetricExporter()))
+            readers.append(PeriodicExportingMetricReader(ConsoleMetricExporter(out=sys.stderr)))
         elif name == "otlp":
             from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 

@@ -64,6 +64,21 @@ def _blob_lines(store: Store, value: object, written: set[str]) -> Iterator[str]
         yield canonical_json({"data": text, "hash": digest, "kind": "blob"})
 
 
+def _texts(item: dict[str, object], *names: str) -> tuple[str, ...]:
+    values = tuple(item.get(name, CODEC if name == "codec" else None) for name in names)
+    for name, value in zip(names, values, strict=True):
+        if not isinstance(value, str):
+            raise TypeError(f"{name} must be a string")
+    return values  # type: ignore[return-value]
+
+
+def _int(item: dict[str, object], name: str) -> int:
+    value = item.get(name)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a whole number")
+    return value
+
+
 def verify_export(lines: Iterable[str], public_key: Ed25519PublicKey | None) -> VerifyReport:
     """Verify an export: every run's chain from its first event, every checkpoint, and every
     head a checkpoint recorded for a run the export holds."""
@@ -81,13 +96,14 @@ def verify_export(lines: Iterable[str], public_key: Ed25519PublicKey | None) -> 
                     raise UsageError("not a Baton audit export (format 1)")
                 continue
             if kind == "checkpoint":
-                checkpoints.append(Checkpoint(int(item["seq"]), item["body"], item["hash"], item["signature"]))
+                checkpoints.append(Checkpoint(_int(item, "seq"), *_texts(item, "body", "hash", "signature")))
             elif kind == "event":
-                runs.setdefault(item["run_id"], []).append(EncodedEvent(
-                    item["run_id"], int(item["seq"]), item["type"], item["at"], item["data"], item["hash"],
-                    item.get("codec", CODEC)))
+                run_id, type_, at, data, digest, codec = _texts(item, "run_id", "type", "at", "data", "hash", "codec")
+                runs.setdefault(run_id, []).append(EncodedEvent(run_id, _int(item, "seq"), type_, at, data, digest,
+                                                                codec))
             elif kind == "blob":
-                blobs[item["hash"]] = item["data"]
+                digest, data = _texts(item, "hash", "data")
+                blobs[digest] = data
             else:
                 raise ValueError(f"unknown kind {kind!r}")
         except (ValueError, KeyError, TypeError) as exc:

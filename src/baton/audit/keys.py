@@ -63,17 +63,17 @@ def load_private(source: str | None = None) -> Ed25519PrivateKey | None:
         return None
     try:
         key = serialization.load_pem_private_key(_pem(source, "audit key"), password=None)
-    except ValueError as exc:
-        raise UsageError(f"the audit key ({KEY_ENV}) is not a PEM private key: {exc}") from None
+    except (ValueError, TypeError) as exc:  # TypeError: an encrypted key
+        raise UsageError(f"the audit key {source} is not an unencrypted PEM private key: {exc}") from None
     if not isinstance(key, Ed25519PrivateKey):
-        raise UsageError(f"the audit key ({KEY_ENV}) must be an Ed25519 key (baton audit keygen)")
+        raise UsageError(f"the audit key {source} must be an Ed25519 key (baton audit keygen)")
     return key
 
 
 def load_public(source: str) -> Ed25519PublicKey:
     try:
         key = serialization.load_pem_public_key(_pem(source, "public key"))
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:
         raise UsageError(f"{source} is not a PEM public key: {exc}") from None
     if not isinstance(key, Ed25519PublicKey):
         raise UsageError(f"{source} must be an Ed25519 public key (baton audit keygen)")

@@ -18,6 +18,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import BlobMismatch
 from .encoding import canonical_json
 
 BLOB_CODEC = "json/c14n-v1+blobs"
@@ -111,7 +112,7 @@ def resolve(value: Any, fetch: Fetch) -> Any:
             digest = value[REF]
             text = fetch(digest)
             if blob_hash(text) != digest:
-                raise ValueError(f"blob {digest[:12]}… does not match its hash: it was changed")
+                raise BlobMismatch(f"the large value {digest[:12]}… does not match its hash: it was changed")
             return resolve(json.loads(text), fetch)
         if len(value) == 1 and CHUNKS in value:
             chunks = resolve(value[CHUNKS], fetch)  # a list of lists: the runs of items, in order

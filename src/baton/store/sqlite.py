@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from ..approvals import ApprovalRecord
 from ..audit.checkpoints import Checkpoint
-from ..errors import AppendConflict, MigrationError, StoreError
+from ..errors import AppendConflict, BlobMissing, MigrationError, StoreError
 from ..journal import BLOB_CODEC, EncodedEvent, IndexUpdate, RunStatus, canonical_json
 from ..journal import events as ev
 from ..journal.blobs import references
@@ -343,7 +343,7 @@ class SqliteStore:
     def blob(self, digest: str) -> str:
         rows = self._query("SELECT data FROM blobs WHERE hash = ?", (digest,))
         if not rows:
-            raise KeyError(f"blob {digest} is missing")
+            raise BlobMissing(f"the large value {digest[:12]}… that an event refers to is missing from {self.path}")
         return str(rows[0][0])
 
     def blob_bytes(self) -> int:

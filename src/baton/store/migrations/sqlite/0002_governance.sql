@@ -17,13 +17,11 @@ CREATE TABLE approvals (
     decided_by  TEXT,
     decided_at  REAL,
     reason      TEXT,
-    consumed_at REAL,
-    notified_at REAL
+    consumed_at REAL
 );
 
 CREATE INDEX approvals_by_status ON approvals (status, tenant);
 CREATE INDEX approvals_by_run ON approvals (run_id);
-CREATE INDEX approvals_to_notify ON approvals (notified_at, status);
 
 CREATE TABLE tool_usage (
     run_id    TEXT NOT NULL REFERENCES runs (run_id),
