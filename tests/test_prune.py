@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from baton import Baton, Context, RunNotFound, RunStatus, UsageError, tool, workflow
-from baton.audit import verify
+from baton.audit import verify, write_checkpoint
+from baton.audit.export import verify_export
 from baton.audit.keys import generate, load_private, load_public
 from baton.retention import prune
 from baton.testing import FakeClock
@@ -109,21 +110,26 @@ def test_nothing_is_removed_without_the_key(tmp_path: Path) -> None:
         assert not (tmp_path / "a.jsonl").exists()
 
 
-def test_a_pruned_run_whose_head_does_not_match_its_checkpoint_is_reported(tmp_path: Path) -> None:
+def test_a_run_deleted_and_passed_off_as_pruned_is_reported(tmp_path: Path) -> None:
+    """Only runs a signed checkpoint says were pruned may be gone: a row in pruned_runs,
+    which anyone with the file can write, is not enough."""
     private, public = generate(tmp_path / "keys")
     clock = FakeClock()
     with Baton(make_settings(tmp_path), clock=clock) as baton:
         run_id = baton.start(story, book="short")
         baton.drive(run_id)
-        clock.advance(2 * DAY)
-        prune(baton, clock.time(), tmp_path / "a.jsonl", load_private(str(private)))
+        write_checkpoint(baton.store, load_private(str(private)), clock.time())
+        head = baton.get_run(run_id)
     conn = sqlite3.connect(tmp_path / "b.db")
     with conn:
-        conn.execute("UPDATE pruned_runs SET head_seq = head_seq - 1")
+        for table in ("events", "tool_usage", "runs"):
+            conn.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
+        conn.execute("INSERT INTO pruned_runs VALUES (?, ?, ?, 'nowhere.jsonl', 0)",
+                     (run_id, head.head_seq, head.head_hash))
     conn.close()
     with Baton(make_settings(tmp_path)) as baton:
         (problem,) = verify(baton.store, public_key=load_public(str(public))).problems
-        assert problem.run_id == run_id and "was pruned at event" in problem.what
+        assert problem.run_id == run_id and "the run is gone" in problem.what
 
 
 def test_the_command_line_prunes_by_date(tmp_path: Path) -> None:
@@ -143,3 +149,23 @@ def test_the_command_line_prunes_by_date(tmp_path: Path) -> None:
                           text=True, timeout=60)
     assert done.returncode == 0 and "archived 1 runs" in done.stdout, done.stderr
     assert (tmp_path / "old.jsonl").exists()
+
+
+def test_a_run_taken_out_of_an_archive_is_caught_by_its_signed_manifest(tmp_path: Path) -> None:
+    private, public = generate(tmp_path / "keys")
+    clock = FakeClock()
+    archive = tmp_path / "archive.jsonl"
+    with Baton(make_settings(tmp_path), clock=clock) as baton:
+        run_ids = [baton.start(story, book=f"short {i}") for i in range(2)]
+        for run_id in run_ids:
+            baton.drive(run_id)
+        clock.advance(2 * DAY)
+        prune(baton, clock.time(), archive, load_private(str(private)))
+    lines = archive.read_text().splitlines()
+    assert '"kind":"manifest"' in lines[-1]
+    key = load_public(str(public))
+    assert verify_export(lines, key).complete
+    without = [line for line in lines if f'"run_id":"{run_ids[0]}"' not in line]
+    report = verify_export(without, key)
+    assert not report.ok and any(p.run_id == run_ids[0] and "taken out" in p.what for p in report.problems)
+    assert not verify_export(lines, None).complete  # a manifest only counts once its signature is checked

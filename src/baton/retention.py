@@ -65,14 +65,14 @@ def prune(baton: Baton, finished_before: float, archive: Path, key: Ed25519Priva
     try:
         archive.parent.mkdir(parents=True, exist_ok=True)
         with partial.open("w", encoding="utf-8") as out:
-            for line in export_lines(store, run_ids, baton.clock.time()):
+            for line in export_lines(store, run_ids, baton.clock.time(), key):
                 out.write(line + "\n")
             out.flush()
             os.fsync(out.fileno())
         with partial.open(encoding="utf-8") as written:
             report = verify_export(written, key.public_key())
         events = sum(run.head_seq for run in runs)
-        if not report.ok or report.events != events:
+        if not report.ok or report.events != events or not report.complete:
             problem = report.problems[0] if report.problems else f"{report.events} events instead of {events}"
             raise UsageError(f"the archive did not verify ({problem}); nothing was removed")
         os.replace(partial, archive)
@@ -82,5 +82,7 @@ def prune(baton: Baton, finished_before: float, archive: Path, key: Ed25519Priva
     finally:
         with contextlib.suppress(OSError):
             partial.unlink(missing_ok=True)
+    # Signed before anything goes: these runs leave on purpose, each at this head.
+    write_checkpoint(store, key, baton.clock.time(), pruned=[(r.run_id, r.head_seq, r.head_hash) for r in runs])
     removed = store.prune(runs, str(archive), baton.clock.time())
     return PruneReport(len(runs), events, removed, archive)

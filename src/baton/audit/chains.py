@@ -43,6 +43,9 @@ class VerifyReport:
     problems: list[Problem]
     checkpoints: int = 0
     signatures_checked: bool = False
+    complete: bool | None = None
+    """For an export: does a manifest signed with the key say the file holds every run it
+    should? ``None`` for a database."""
 
     @property
     def ok(self) -> bool:
@@ -144,12 +147,12 @@ def verify(store: Store, run_id: str | None = None, public_key: Ed25519PublicKey
     run_ids = [run_id] if run_id else store.all_run_ids()
     if run_id is None:
         known = set(run_ids)
-        pruned = store.pruned_runs()
+        signed_pruned = {rid: (seq, head) for checkpoint in sound for rid, seq, head in checkpoint.pruned}
         for rid in sorted(set(recorded) - known):
             first = recorded[rid][0][0]
             last_checkpoint, last_seq, last_hash = recorded[rid][-1]
-            if rid in pruned:
-                seq, head, _ = pruned[rid]
+            if rid in signed_pruned:
+                seq, head = signed_pruned[rid]
                 if (seq, head) != (last_seq, last_hash):
                     problems.append(Problem(rid, seq, f"the run was pruned at event {seq}, but signed checkpoint "
                                                       f"{last_checkpoint} recorded event {last_seq}"))
@@ -180,7 +183,7 @@ def recorded_heads(checkpoints: list[Checkpoint]) -> dict[str, list[Recorded]]:
     return recorded
 
 
-def _signature(text: str) -> bytes:
+def signature_bytes(text: str) -> bytes:
     """The signature's bytes, from its one canonical base64 spelling only: a variant that
     decodes the same (other padding bits, line breaks) is an edit too."""
     try:
@@ -205,12 +208,18 @@ def _problem(checkpoint: Checkpoint, prev: str, public_key: Ed25519PublicKey | N
         return f"it does not follow checkpoint {n - 1}: a checkpoint was removed or replaced"
     if any(seq < 1 for _, seq, _ in heads):
         return "it records an event before the start of a journal"
+    try:
+        pruned = checkpoint.pruned
+    except (ValueError, TypeError):
+        return "its list of pruned runs is not one"
+    if any(seq < 1 for _, seq, _ in pruned):
+        return "it records a pruned run before the start of its journal"
     if merkle_root(heads) != content.get("root"):
         return "its heads do not match its Merkle root"
     if public_key is not None:
         if content.get("key") != key_id(public_key):
             return f"it was signed with key {content.get('key')}, not with this public key ({key_id(public_key)})"
-        if not signature_valid(public_key, _signature(checkpoint.signature), checkpoint.body.encode("utf-8")):
+        if not signature_valid(public_key, signature_bytes(checkpoint.signature), checkpoint.body.encode("utf-8")):
             return "its signature does not verify with the public key: it was forged"
     return None
 

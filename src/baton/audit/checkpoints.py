@@ -13,6 +13,9 @@ The body is canonical JSON::
      "key": "<key id>", "prev": "<hash of checkpoint seq-1, or 64 zeros>", "root": "<hex>",
      "seq": 7}
 
+with, in the checkpoint ``baton runs prune`` writes, ``"pruned": [[run_id, seq, hash], ...]``:
+the runs it is about to remove, each at its last head.
+
 ``hash`` is sha256 of the body's UTF-8 bytes, and ``signature`` the base64 Ed25519 signature
 of the same bytes. Leaves of the Merkle tree are sha256(0x00 ‖ canonical_json([run_id, seq,
 hash])), in the order of ``heads`` (sorted by run id); a node is sha256(0x01 ‖ left ‖ right),
@@ -52,6 +55,12 @@ class Checkpoint:
     def heads(self) -> list[tuple[str, int, str]]:
         return [(str(r), int(s), str(h)) for r, s, h in self.content.get("heads", [])]
 
+    @property
+    def pruned(self) -> list[tuple[str, int, str]]:
+        """Runs removed from the database on purpose (archived) after this checkpoint, with
+        the head each was removed at: signed, so a run cannot be deleted and called pruned."""
+        return [(str(r), int(s), str(h)) for r, s, h in self.content.get("pruned", [])]
+
 
 def leaf(run_id: str, seq: int, head_hash: str) -> bytes:
     return hashlib.sha256(b"\x00" + canonical_json([run_id, seq, head_hash]).encode()).digest()
@@ -72,17 +81,21 @@ def body_hash(body: str) -> str:
     return hashlib.sha256(body.encode("utf-8")).hexdigest()
 
 
-def seal(seq: int, prev: str, heads: list[tuple[str, int, str]], key: Ed25519PrivateKey, now: float
-         ) -> Checkpoint:
-    body = canonical_json({
+def seal(seq: int, prev: str, heads: list[tuple[str, int, str]], key: Ed25519PrivateKey, now: float,
+         pruned: list[tuple[str, int, str]] | None = None) -> Checkpoint:
+    content: dict[str, Any] = {
         "at": format_time(now), "format": FORMAT, "heads": [list(h) for h in heads],
         "key": key_id(key.public_key()), "prev": prev, "root": merkle_root(heads), "seq": seq,
-    })
+    }
+    if pruned:
+        content["pruned"] = [list(p) for p in pruned]
+    body = canonical_json(content)
     signature = base64.b64encode(key.sign(body.encode("utf-8"))).decode()
     return Checkpoint(seq, body, body_hash(body), signature)
 
 
-def write_checkpoint(store: Any, key: Ed25519PrivateKey, now: float, *, force: bool = False) -> Checkpoint | None:
+def write_checkpoint(store: Any, key: Ed25519PrivateKey, now: float, *, force: bool = False,
+                     pruned: list[tuple[str, int, str]] | None = None) -> Checkpoint | None:
     """Sign the heads of the runs that changed since the last checkpoint. ``None`` if none
     did (unless ``force``: an empty checkpoint still proves the time and the chain). If
     another process writes a checkpoint at the same moment, this one is tried again on top."""
@@ -91,9 +104,10 @@ def write_checkpoint(store: Any, key: Ed25519PrivateKey, now: float, *, force: b
         covered = store.checkpointed_heads()
         heads = sorted((run_id, seq, head) for run_id, (seq, head) in store.run_heads().items()
                        if seq > covered.get(run_id, 0))
-        if not heads and last is not None and not force:
+        if not heads and last is not None and not force and not pruned:
             return None
-        checkpoint = seal(last.seq + 1 if last else 1, last.hash if last else GENESIS_HASH, heads, key, now)
+        checkpoint = seal(last.seq + 1 if last else 1, last.hash if last else GENESIS_HASH, heads, key, now,
+                          pruned)
         try:
             store.add_checkpoint(checkpoint, now)
         except AppendConflict:

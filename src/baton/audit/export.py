@@ -14,6 +14,7 @@ each run's events in order, with each large value an event refers to on a line o
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
@@ -21,24 +22,30 @@ from typing import TYPE_CHECKING
 from ..errors import UsageError
 from ..journal import BLOB_CODEC, CODEC, EncodedEvent, canonical_json, format_time
 from ..journal.blobs import references
-from .chains import Problem, VerifyReport, chain_problem, recorded_heads, verify_checkpoints
+from .chains import Problem, VerifyReport, chain_problem, recorded_heads, signature_bytes, verify_checkpoints
 from .checkpoints import Checkpoint
+from .keys import key_id, signature_valid
 
 if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
     from ..store import Store
 
 FORMAT = 1
 
 
-def export_lines(store: Store, run_id: str | list[str] | None, now: float) -> Iterator[str]:
+def export_lines(store: Store, run_id: str | list[str] | None, now: float,
+                 key: Ed25519PrivateKey | None = None) -> Iterator[str]:
+    """The export's lines; with ``key``, ending with a signed manifest of the runs it holds
+    and their heads, so that a run left out of the file (or taken out of it) shows."""
     yield canonical_json({"codec": CODEC, "exported_at": format_time(now), "format": FORMAT,
                           "kind": "baton-audit-export"})
     for checkpoint in store.checkpoints():
         yield canonical_json({"body": checkpoint.body, "hash": checkpoint.hash, "kind": "checkpoint",
                               "seq": checkpoint.seq, "signature": checkpoint.signature})
     written: set[str] = set()
+    heads: list[list[object]] = []
+    last: EncodedEvent | None = None
     run_ids = [run_id] if isinstance(run_id, str) else run_id if run_id is not None else store.all_run_ids()
     for rid in run_ids:
         for row in store.read(rid):
@@ -49,6 +56,13 @@ def export_lines(store: Store, run_id: str | list[str] | None, now: float) -> It
             if row.codec != CODEC:
                 line["codec"] = row.codec
             yield canonical_json(line)
+            last = row
+        if last is not None and last.run_id == rid:
+            heads.append([rid, last.seq, last.hash])
+    if key is not None:
+        body = canonical_json({"format": FORMAT, "key": key_id(key.public_key()), "runs": heads})
+        signature = base64.b64encode(key.sign(body.encode("utf-8"))).decode()
+        yield canonical_json({"body": body, "kind": "manifest", "signature": signature})
 
 
 def _blob_lines(store: Store, value: object, written: set[str]) -> Iterator[str]:
@@ -85,6 +99,7 @@ def verify_export(lines: Iterable[str], public_key: Ed25519PublicKey | None) -> 
     checkpoints: list[Checkpoint] = []
     runs: dict[str, list[EncodedEvent]] = {}
     blobs: dict[str, str] = {}
+    manifest: tuple[str, ...] | None = None
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -104,6 +119,8 @@ def verify_export(lines: Iterable[str], public_key: Ed25519PublicKey | None) -> 
             elif kind == "blob":
                 digest, data = _texts(item, "hash", "data")
                 blobs[digest] = data
+            elif kind == "manifest":
+                manifest = _texts(item, "body", "signature")
             else:
                 raise ValueError(f"unknown kind {kind!r}")
         except (ValueError, KeyError, TypeError) as exc:
@@ -116,7 +133,36 @@ def verify_export(lines: Iterable[str], public_key: Ed25519PublicKey | None) -> 
         problem = chain_problem(rid, rows, recorded.get(rid, []), fetch=blobs.__getitem__, checked=set())
         if problem is not None:
             problems.append(problem)
-    return VerifyReport(len(runs), events, problems, len(checkpoints), public_key is not None)
+    if manifest is not None:
+        problems.extend(_manifest_problems(manifest, runs, public_key))
+    return VerifyReport(len(runs), events, problems, len(checkpoints), public_key is not None,
+                        complete=manifest is not None and public_key is not None and not problems)
+
+
+def _manifest_problems(manifest: tuple[str, ...], runs: dict[str, list[EncodedEvent]],
+                       public_key: Ed25519PublicKey | None) -> list[Problem]:
+    """The signed list of runs must match the runs in the file, each at its last event."""
+    body, signature = manifest
+    try:
+        content = json.loads(body)
+        listed = {str(r): (int(s), str(h)) for r, s, h in content["runs"]}
+    except (ValueError, TypeError, KeyError):
+        return [Problem(None, 0, "the export's manifest is not one")]
+    if public_key is not None and (content.get("key") != key_id(public_key) or not signature_valid(
+            public_key, signature_bytes(signature), body.encode("utf-8"))):
+        return [Problem(None, 0, "the export's manifest is not signed by this public key: it was forged")]
+    problems = []
+    for rid, (seq, head) in sorted(listed.items()):
+        rows = runs.get(rid)
+        if not rows:
+            problems.append(Problem(rid, 1, "the export's signed manifest lists this run, but the file does not "
+                                            "hold it: it was taken out"))
+        elif (rows[-1].seq, rows[-1].hash) != (seq, head):
+            problems.append(Problem(rid, rows[-1].seq, f"the export's signed manifest says the run ends at event "
+                                                       f"{seq}: events were taken out or added"))
+    for rid in sorted(set(runs) - set(listed)):
+        problems.append(Problem(rid, 1, "the file holds this run, but its signed manifest does not list it"))
+    return problems
 
 
 __all__ = ["Problem", "export_lines", "verify_export"]

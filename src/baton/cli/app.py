@@ -474,6 +474,11 @@ def audit_verify(
                 signed = ("signatures verified with the public key" if report.signatures_checked
                           else "[yellow]signatures not checked: pass --public-key FILE[/]")
                 out.print(f"[green]✓ {report.checkpoints} signed checkpoints intact[/]; {signed}", highlight=False)
+            if report.complete:
+                out.print("[green]✓ the file's signed manifest lists exactly the runs it holds[/]")
+            elif export is not None:
+                out.print("[yellow]no manifest verified with a public key: the file does not prove that no run was "
+                          "left out of it[/]")
             return
         for problem in report.problems:
             err.print(f"[bold red]✗ tampering detected[/]: {problem}", highlight=False)
@@ -495,7 +500,8 @@ def audit_export(
     if format != "jsonl":
         raise UsageError(f"--format must be jsonl, not {format!r}")
     with _baton(db, must_exist=True) as baton:
-        lines = export_lines(baton.store, baton.resolve_run_id(run_id) if run_id else None, baton.clock.time())
+        lines = export_lines(baton.store, baton.resolve_run_id(run_id) if run_id else None, baton.clock.time(),
+                             baton.audit_key)
         if output is None:
             for line in lines:
                 sys.stdout.write(line + "\n")
