@@ -4,12 +4,13 @@ before they exit, so that what they did is covered."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from baton import Baton, Context, tool, workflow
-from baton.audit import verify
-from baton.audit.keys import KEY_ENV, generate, load_public
+from baton.audit import verify, write_checkpoint
+from baton.audit.keys import KEY_ENV, generate, load_private, load_public
 from engine_support import make_settings
 
 
@@ -59,3 +60,29 @@ def test_without_the_key_workers_sign_nothing(tmp_path: Path, monkeypatch: pytes
         baton.start(notes, n=1)
         baton.worker().run(until_idle=True)
         assert baton.store.checkpoints() == []
+
+
+def test_verify_reads_one_moment_while_another_process_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint (and a new run) committed by someone else while verify is reading must not
+    look like tampering: verify reads everything in one snapshot."""
+    private, public = generate(tmp_path / "keys")
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    key = load_private(str(private))
+    assert key is not None
+    settings = make_settings(tmp_path)
+    with Baton(settings) as baton, Baton(settings) as other:
+        baton.drive(baton.start(notes, n=2))
+        write_checkpoint(baton.store, key, baton.clock.time())
+        read_checkpoints = baton.store.checkpoints
+
+        def checkpoints_then_someone_writes() -> list[Any]:
+            found = read_checkpoints()
+            other.drive(other.start(notes, n=1))
+            write_checkpoint(other.store, key, other.clock.time())
+            return found
+
+        monkeypatch.setattr(baton.store, "checkpoints", checkpoints_then_someone_writes)
+        report = verify(baton.store, public_key=load_public(str(public)))
+        assert report.ok, report.problems
+        monkeypatch.undo()
+        assert verify(baton.store, public_key=load_public(str(public))).checkpoints == 2

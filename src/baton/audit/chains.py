@@ -140,7 +140,13 @@ def chain_problem(run_id: str, rows: Sequence[EncodedEvent], recorded: list[Reco
 
 def verify(store: Store, run_id: str | None = None, public_key: Ed25519PublicKey | None = None) -> VerifyReport:
     """Verify every run (or one) and every checkpoint. With ``public_key``, checkpoint
-    signatures are checked too; without it, only their hashes and links."""
+    signatures are checked too; without it, only their hashes and links. Everything is read
+    in one snapshot, so a database in use is not mistaken for a damaged one."""
+    with store.snapshot():
+        return _verify(store, run_id, public_key)
+
+
+def _verify(store: Store, run_id: str | None, public_key: Ed25519PublicKey | None) -> VerifyReport:
     checkpoints = store.checkpoints()
     problems, sound = verify_checkpoints(checkpoints, public_key, store.checkpoint_references())
     recorded = recorded_heads(sound)

@@ -10,6 +10,7 @@ cancellation requests sent from outside. Encoding, hashing and folding events li
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -93,6 +94,10 @@ class Store(Protocol):
         ...
 
     def read(self, run_id: str, after_seq: int = 0) -> list[EncodedEvent]: ...
+
+    def snapshot(self) -> AbstractContextManager[None]:
+        """A context in which this thread's reads all see one consistent moment."""
+        ...
 
     def blob(self, digest: str) -> str:
         """A stored large value's canonical JSON, by its hash. Raises ``KeyError`` if missing."""

@@ -191,6 +191,21 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"database {self.path}: {exc}", retryable=True) from exc
 
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Reads inside see the database as of one moment (a read transaction in WAL mode),
+        even while other processes commit: what an audit needs to be consistent."""
+        conn = self._conn()
+        if conn.in_transaction:
+            yield
+            return
+        conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+
     def _query(self, sql: str, params: Any = ()) -> list[Any]:
         try:
             return self._conn().execute(sql, params).fetchall()
