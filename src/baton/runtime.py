@@ -26,6 +26,7 @@ from .engine.stops import Abort, Fenced, StoreFailed, Suspend
 from .errors import ApprovalError, BatonError, RunNotFound, UsageError
 from .journal import GENESIS_HASH, EncodedEvent, RunStatus, canonical_json, decode, encode_batch, index_update
 from .journal import events as ev
+from .logs import in_run
 from .settings import Settings
 from .store import NewRun, RunRecord, Store, open_store
 from .telemetry import Telemetry
@@ -243,7 +244,7 @@ class Baton:
                       run=record, events=events, listener=listener, governance=self.governance,
                       telemetry=self.telemetry)
         self.leases.add(x)
-        with self.telemetry.span(f"baton.run {record.workflow}", {
+        with in_run(record.run_id), self.telemetry.span(f"baton.run {record.workflow}", {
                 "baton.run.id": record.run_id, "baton.workflow": record.workflow,
                 "baton.principal": record.principal or "", "baton.takeover": previous is not None}) as span:
             outcome = self._execute_run(x, claim, workflow, load_error)

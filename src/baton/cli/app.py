@@ -188,6 +188,9 @@ def worker(
     db: DatabaseOpt = None,
 ) -> None:
     """Execute runnable runs, and take over runs whose worker died."""
+    from ..logs import configure
+
+    configure()  # warnings and errors on stderr, each with its run, step and trace
     with _baton(db) as baton:
         w = baton.worker(concurrency=concurrency, listener=None if quiet else _progress_printer(tagged=True))
         signals.signal(signals.SIGTERM, lambda *_: w.stop())

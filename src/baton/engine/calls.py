@@ -7,6 +7,7 @@ tool, or wait) and is sent the outcome; a sync and an async driver run it.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from ..approvals import args_hash
 from ..errors import ApprovalDenied, BatonError, PolicyDenied, StepError, ToolTimeout, ToolValidationError
 from ..journal import canonical_json
 from ..journal import events as ev
+from ..logs import in_step
 from ..tools import Tool
 from .replay import StepRecord
 from .stops import Abort, Suspend
@@ -367,26 +369,28 @@ class Calls:
     def run_sync(self, plan: CallPlan) -> Any:
         if not plan.run:
             return plan.recorded()
-        if self.x.telemetry.enabled:
-            started = time.perf_counter()
-            try:
-                with self._span(plan):
-                    return self._run_sync(plan)
-            finally:
-                self._measured(plan, started)
-        return self._run_sync(plan)
+        with in_step(plan.step_id):
+            if self.x.telemetry.enabled:
+                started = time.perf_counter()
+                try:
+                    with self._span(plan):
+                        return self._run_sync(plan)
+                finally:
+                    self._measured(plan, started)
+            return self._run_sync(plan)
 
     async def run_async(self, plan: CallPlan) -> Any:
         if not plan.run:
             return plan.recorded()
-        if self.x.telemetry.enabled:
-            started = time.perf_counter()
-            try:
-                with self._span(plan):
-                    return await self._run_async(plan)
-            finally:
-                self._measured(plan, started)
-        return await self._run_async(plan)
+        with in_step(plan.step_id):
+            if self.x.telemetry.enabled:
+                started = time.perf_counter()
+                try:
+                    with self._span(plan):
+                        return await self._run_async(plan)
+                finally:
+                    self._measured(plan, started)
+            return await self._run_async(plan)
 
     def _run_sync(self, plan: CallPlan) -> Any:
         steps = self.attempts(plan)
@@ -430,7 +434,8 @@ class Calls:
             return run_coroutine(self.invoke_async(tool, request))
         if tool.timeout is None:
             return tool.fn(**kwargs)
-        future = self.x.pool.submit(tool.fn, **kwargs)
+        context = contextvars.copy_context()  # log lines from the tool keep their run and step
+        future = self.x.pool.submit(lambda: context.run(tool.fn, **kwargs))
         for grace in (False, True):  # a call that finishes in a grace period has a known outcome
             try:
                 return future.result(timeout=tool.timeout)
@@ -448,7 +453,8 @@ class Calls:
         if tool.is_async:
             task: asyncio.Future[Any] = asyncio.ensure_future(tool.fn(**kwargs))
         else:
-            task = asyncio.get_running_loop().run_in_executor(self.x.pool, lambda: tool.fn(**kwargs))
+            context = contextvars.copy_context()
+            task = asyncio.get_running_loop().run_in_executor(self.x.pool, lambda: context.run(tool.fn, **kwargs))
         if tool.timeout is None:
             await asyncio.wait({task})
         else:
