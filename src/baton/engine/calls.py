@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from ..aio import run_coroutine
 from ..approvals import args_hash
@@ -19,6 +20,7 @@ from ..errors import ApprovalDenied, BatonError, PolicyDenied, StepError, ToolTi
 from ..journal import canonical_json
 from ..journal import events as ev
 from ..logs import in_step
+from ..policy import Verdict
 from ..tools import Tool
 from .replay import StepRecord
 from .stops import Abort, Suspend
@@ -159,9 +161,15 @@ class Calls:
             return CallPlan(tool, step_id, run=True, values=values, args_json=args_json)
         if verdict.effect == "deny":
             return CallPlan(tool, step_id, error=guard.denied(tool, step_id, verdict, decided))
-        guard.request(step_id, title=f"{tool.name} on {decided.resource}", tool=tool.name,
-                      args_json=args_json, policies=verdict.policies, approvers=verdict.approvers,
-                      expires_after=verdict.expires_after, escalate_to=verdict.escalate_to, before=[decided])
+        self.hold(tool, step_id, verdict, decided, args_json, before=[decided])
+
+    def hold(self, tool: Tool[Any, Any], step_id: int, verdict: Verdict, decided: ev.PolicyDecided,
+             args_json: dict[str, Any], before: list[ev.Event]) -> NoReturn:
+        """Ask for the approval policy wants for this call, and wait for it."""
+        assert self.x.guard is not None
+        self.x.guard.request(step_id, title=f"{tool.name} on {decided.resource}", tool=tool.name,
+                             args_json=args_json, policies=verdict.policies, approvers=verdict.approvers,
+                             expires_after=verdict.expires_after, escalate_to=verdict.escalate_to, before=before)
         raise Suspend()
 
     def approved(self, tool: Tool[Any, Any], rec: StepRecord, values: dict[str, Any],
@@ -206,11 +214,7 @@ class Calls:
                 if verdict.effect == "deny":
                     x.buffer(withdrawn)
                     return CallPlan(tool, rec.step_id, error=guard.denied(tool, rec.step_id, verdict, decided))
-                guard.request(rec.step_id, title=f"{tool.name} on {decided.resource}", tool=tool.name,
-                              args_json=args_json, policies=verdict.policies, approvers=verdict.approvers,
-                              expires_after=verdict.expires_after, escalate_to=verdict.escalate_to,
-                              before=[withdrawn, decided])
-                raise Suspend()
+                self.hold(tool, rec.step_id, verdict, decided, args_json, before=[withdrawn, decided])
             x.buffer(decided)  # journaled with the consumption and the step's start
         return CallPlan(tool, rec.step_id, run=True, values=values, args_json=approval.request.args,
                         approval=approval_id)
@@ -366,30 +370,30 @@ class Calls:
         if telemetry.meter is not None:
             telemetry.step_duration.record(time.perf_counter() - started, {"gen_ai.tool.name": plan.tool.name})
 
+    @contextmanager
+    def _observed(self, plan: CallPlan) -> Iterator[None]:
+        """The step's log context and, when telemetry is on, its span and duration."""
+        with in_step(plan.step_id):
+            if not self.x.telemetry.enabled:
+                yield
+                return
+            started = time.perf_counter()
+            try:
+                with self._span(plan):
+                    yield
+            finally:
+                self._measured(plan, started)
+
     def run_sync(self, plan: CallPlan) -> Any:
         if not plan.run:
             return plan.recorded()
-        with in_step(plan.step_id):
-            if self.x.telemetry.enabled:
-                started = time.perf_counter()
-                try:
-                    with self._span(plan):
-                        return self._run_sync(plan)
-                finally:
-                    self._measured(plan, started)
+        with self._observed(plan):
             return self._run_sync(plan)
 
     async def run_async(self, plan: CallPlan) -> Any:
         if not plan.run:
             return plan.recorded()
-        with in_step(plan.step_id):
-            if self.x.telemetry.enabled:
-                started = time.perf_counter()
-                try:
-                    with self._span(plan):
-                        return await self._run_async(plan)
-                finally:
-                    self._measured(plan, started)
+        with self._observed(plan):
             return await self._run_async(plan)
 
     def _run_sync(self, plan: CallPlan) -> Any:
