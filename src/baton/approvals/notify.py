@@ -97,8 +97,13 @@ class WebhookNotifier:
         return False
 
 
-def send(notifier: Notifier, run_id: str, request: ev.ApprovalRequested, delivered: Callable[[], None]) -> None:
-    """Notify, and call ``delivered`` once the notification got through. Never raises: the
+class DeliveryLog(Protocol):
+    def mark_notified(self, approval_id: str, now: float) -> None: ...
+
+
+def send(notifier: Notifier, run_id: str, request: ev.ApprovalRequested, store: DeliveryLog,
+         now: Callable[[], float]) -> None:
+    """Notify, and record in ``store`` once the notification got through. Never raises: the
     request is durable whatever happens here, and undelivered ones are sent again."""
     try:
         outcome = notifier.notify(run_id, request)
@@ -109,7 +114,7 @@ def send(notifier: Notifier, run_id: str, request: ev.ApprovalRequested, deliver
     def record(ok: bool | None) -> None:
         if ok is not False:
             try:
-                delivered()
+                store.mark_notified(request.approval_id, now())
             except Exception:
                 log.exception("approval %s: could not record the notification", request.approval_id)
 

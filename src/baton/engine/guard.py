@@ -217,9 +217,7 @@ class Guard:
     def notify(self, request: ev.ApprovalRequested) -> None:
         notifier = self.governance.notifier
         if notifier is not None:
-            store, clock = self.x.store, self.x.clock
-            send(notifier, self.x.run_id, request,
-                 lambda: store.mark_notified(request.approval_id, clock.time()))
+            send(notifier, self.x.run_id, request, self.x.store, self.x.clock.time)
 
     # -- a call waiting for (or holding) an approval ------------------------------------
 

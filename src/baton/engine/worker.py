@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
@@ -101,11 +100,8 @@ class Worker:
             log.exception("cannot look for undelivered approval notifications")
             return 0
         for run_id, request in due:
-            send(notifier, run_id, request, functools.partial(self._notified, request.approval_id))
+            send(notifier, run_id, request, store, clock.time)
         return len(due)
-
-    def _notified(self, approval_id: str) -> None:
-        self.baton.store.mark_notified(approval_id, self.baton.clock.time())
 
     def _execute(self, run_id: str) -> object:
         before = self.baton.store.get_run(run_id)
