@@ -8,7 +8,7 @@ import signal as signals
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -34,6 +34,9 @@ from .render import (
     status_text,
     timeline_table,
 )
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 app = typer.Typer(
     name="baton", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -278,7 +281,7 @@ def runs_prune(
     with _baton(db, must_exist=True) as baton:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         target = archive or Path(".baton") / f"archive-{stamp}.jsonl"
-        report = prune(baton, cutoff, target, load_private(key) if key else baton.audit_key)
+        report = prune(baton, cutoff, target, load_private(key))  # --key, or BATON_AUDIT_KEY
         if report.archive is None:
             out.print(f"no runs finished before {finished_before}")
             return
@@ -531,16 +534,23 @@ def audit_keygen(
               highlight=False)
 
 
-@audit_app.command("pubkey")
-def audit_pubkey(key: Annotated[str | None, typer.Option("--key", help="Private key PEM file (default: "
-                                                         "BATON_AUDIT_KEY).")] = None) -> None:
-    """Print the public key of the signing key, to hand to auditors."""
-    from ..audit.keys import KEY_ENV, load_private, public_pem
+def _signing_key(key: str | None) -> Ed25519PrivateKey:
+    """The audit key from ``--key`` or ``BATON_AUDIT_KEY``, or a message saying how to get one."""
+    from ..audit.keys import KEY_ENV, load_private
 
     private = load_private(key)
     if private is None:
         raise UsageError(f"no audit key: pass --key FILE or set {KEY_ENV} (baton audit keygen makes one)")
-    sys.stdout.write(public_pem(private.public_key()).decode())
+    return private
+
+
+@audit_app.command("pubkey")
+def audit_pubkey(key: Annotated[str | None, typer.Option("--key", help="Private key PEM file (default: "
+                                                         "BATON_AUDIT_KEY).")] = None) -> None:
+    """Print the public key of the signing key, to hand to auditors."""
+    from ..audit.keys import public_pem
+
+    sys.stdout.write(public_pem(_signing_key(key).public_key()).decode())
 
 
 @audit_app.command("checkpoint")
@@ -552,11 +562,8 @@ def audit_checkpoint(
     """Sign a checkpoint of every run head that changed since the last one (workers with an
     audit key write one every few minutes on their own)."""
     from ..audit import write_checkpoint
-    from ..audit.keys import KEY_ENV, load_private
 
-    private = load_private(key)
-    if private is None:
-        raise UsageError(f"no audit key: pass --key FILE or set {KEY_ENV} (baton audit keygen makes one)")
+    private = _signing_key(key)
     with _baton(db, must_exist=True) as baton:
         checkpoint = write_checkpoint(baton.store, private, baton.clock.time())
         if checkpoint is None:
