@@ -58,7 +58,7 @@ def prune(baton: Baton, finished_before: float, archive: Path, key: Ed25519Priva
     write_checkpoint(store, key, baton.clock.time())
     covered = store.checkpointed_heads()
     for run in runs:
-        if covered.get(run.run_id) != run.head_seq:
+        if covered.get(run.run_id, (0, 0))[0] != run.head_seq:
             raise UsageError(f"run {run.run_id} changed while its checkpoint was written; try again")
     run_ids = [run.run_id for run in runs]
     partial = archive.with_name(archive.name + ".partial")

@@ -148,7 +148,8 @@ def verify(store: Store, run_id: str | None = None, public_key: Ed25519PublicKey
 
 def _verify(store: Store, run_id: str | None, public_key: Ed25519PublicKey | None) -> VerifyReport:
     checkpoints = store.checkpoints()
-    problems, sound = verify_checkpoints(checkpoints, public_key, store.checkpoint_references())
+    references = {rid: checkpoint for rid, (_, checkpoint) in store.checkpointed_heads().items()}
+    problems, sound = verify_checkpoints(checkpoints, public_key, references)
     recorded = recorded_heads(sound)
     run_ids = [run_id] if run_id else store.all_run_ids()
     if run_id is None:

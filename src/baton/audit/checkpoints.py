@@ -103,7 +103,7 @@ def write_checkpoint(store: Any, key: Ed25519PrivateKey, now: float, *, force: b
         last = store.last_checkpoint()
         covered = store.checkpointed_heads()
         heads = sorted((run_id, seq, head) for run_id, (seq, head) in store.run_heads().items()
-                       if seq > covered.get(run_id, 0))
+                       if seq > covered.get(run_id, (0, 0))[0])
         if not heads and last is not None and not force and not pruned:
             return None
         checkpoint = seal(last.seq + 1 if last else 1, last.hash if last else GENESIS_HASH, heads, key, now,

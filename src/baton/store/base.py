@@ -184,12 +184,9 @@ class Store(Protocol):
         highest ``seq``. The audit uses it to find rows no run's chain would reach."""
         ...
 
-    def checkpointed_heads(self) -> dict[str, int]:
-        """The head ``seq`` each run had in the latest checkpoint that covered it."""
-        ...
-
-    def checkpoint_references(self) -> dict[str, int]:
-        """For each run, the checkpoint that last recorded its head."""
+    def checkpointed_heads(self) -> dict[str, tuple[int, int]]:
+        """For each run, the head ``seq`` in the latest checkpoint that covered it, and that
+        checkpoint's ``seq`` (an index: what changed since, and what verify expects to find)."""
         ...
 
     def last_checkpoint(self) -> Checkpoint | None: ...

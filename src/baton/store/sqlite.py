@@ -532,12 +532,8 @@ class SqliteStore:
         rows = self._query("SELECT run_id, MIN(seq), MAX(seq) FROM events GROUP BY run_id")
         return {r[0]: (r[1], r[2]) for r in rows}
 
-    def checkpointed_heads(self) -> dict[str, int]:
-        return {r[0]: r[1] for r in self._query("SELECT run_id, seq FROM checkpoint_heads")}
-
-    def checkpoint_references(self) -> dict[str, int]:
-        """For each run, the checkpoint that last recorded its head (by the index)."""
-        return {r[0]: r[1] for r in self._query("SELECT run_id, checkpoint FROM checkpoint_heads")}
+    def checkpointed_heads(self) -> dict[str, tuple[int, int]]:
+        return {r[0]: (r[1], r[2]) for r in self._query("SELECT run_id, seq, checkpoint FROM checkpoint_heads")}
 
     def last_checkpoint(self) -> Checkpoint | None:
         rows = self._query("SELECT seq, body, hash, signature FROM checkpoints ORDER BY seq DESC LIMIT 1")
