@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from .aio import run_blocking, run_coroutine
 from .approvals import ApprovalRecord
-from .approvals.decisions import decide
+from .approvals.decisions import decide, refusal, standing_of
 from .audit.keys import load_private
 from .budgets import Limits
 from .clock import Clock, SystemClock
@@ -432,7 +432,7 @@ class Baton:
         if status != "pending":
             return found
         now = self.clock.time()
-        return [a for a in found if a.requester != who.id and who.may_act_as(a.approvers) and a.expires_at > now]
+        return [a for a in found if refusal(who, "approve", a.approval_id, standing_of(a), now) is None]
 
     def get_approval(self, approval_id: str, principal: str | None = None) -> ApprovalRecord:
         """An approval request by id (or unique prefix). With ``principal``, only one of

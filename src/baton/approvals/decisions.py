@@ -44,18 +44,30 @@ class _Standing:
     escalates: bool
 
 
-def _check(baton: Baton, who: Principal, verb: str, name: str, standing: _Standing) -> None:
+def standing_of(record: ApprovalRecord) -> _Standing:
+    return _Standing(record.requester, record.approvers, record.expires_at, record.request_escalates)
+
+
+def refusal(who: Principal, verb: str, name: str, standing: _Standing, now: float) -> str | None:
+    """Why ``who`` may not decide the request now, or ``None`` if they may: the one rule
+    behind both deciding and listing what someone may decide."""
     if standing.requester == who.id:
-        raise ApprovalError(f"{who.id} asked for approval {name} and cannot {verb} it: "
-                            "someone else must decide")
+        return f"{who.id} asked for approval {name} and cannot {verb} it: someone else must decide"
     if not who.may_act_as(standing.approvers):
         roles = ", ".join(sorted(who.roles)) or "none"
-        raise ApprovalError(f"{who.id} may not {verb} approval {name}: it needs "
-                            f"{describe_approvers(standing.approvers)} (roles of {who.id}: {roles})")
-    if baton.clock.time() >= standing.expires_at:
+        return (f"{who.id} may not {verb} approval {name}: it needs "
+                f"{describe_approvers(standing.approvers)} (roles of {who.id}: {roles})")
+    if now >= standing.expires_at:
         then = "escalated" if standing.escalates else "denied"
-        raise ApprovalError(f"approval {name} expired at {_when(standing.expires_at)}; it will be {then} "
-                            "when the run is next picked up")
+        return (f"approval {name} expired at {_when(standing.expires_at)}; it will be {then} "
+                "when the run is next picked up")
+    return None
+
+
+def _check(baton: Baton, who: Principal, verb: str, name: str, standing: _Standing) -> None:
+    refused = refusal(who, verb, name, standing, baton.clock.time())
+    if refused is not None:
+        raise ApprovalError(refused)
 
 
 def _append(baton: Baton, record: ApprovalRecord, who: Principal, verb: str, decision: ev.Event) -> None:
@@ -103,8 +115,7 @@ def decide(baton: Baton, approval_id: str, *, principal: str, approve: bool, rea
         by = f" by {record.decided_by}" if record.decided_by else ""
         raise ApprovalError(f"approval {name} was already {record.status}{by} at {_when(record.decided_at)}; "
                             "a request is decided once")
-    _check(baton, who, verb, name, _Standing(record.requester, record.approvers, record.expires_at,
-                                             record.request_escalates))
+    _check(baton, who, verb, name, standing_of(record))
     decision: ev.Event
     if approve:
         decision = ev.ApprovalGranted(step_id=record.step_id, approval_id=name, by=who.id, reason=reason)
