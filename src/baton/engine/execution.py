@@ -111,14 +111,11 @@ class Execution:
             update = index_update(batch)
             if update.status is RunStatus.RUNNING and self.indexed_status is RunStatus.RUNNING:
                 update.status = None  # already so: leave the index row's status alone
-        if self.guard is not None and self.guard.tracks_usage and (usage := self.guard.usage_rows(batch)):
+        usage = self.guard.usage_rows(batch) if self.guard is not None and self.guard.tracks_usage else []
+        if usage or blobs:
             if update is _NO_UPDATE:
                 update = IndexUpdate()
-            update.usage = usage
-        if blobs:
-            if update is _NO_UPDATE:
-                update = IndexUpdate()
-            update.blobs = blobs
+            update.usage, update.blobs = usage, blobs
         try:
             self.store.append(self.run_id, self.head_seq, rows, update, now)
         except AppendConflict:
