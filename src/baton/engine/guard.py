@@ -12,7 +12,8 @@ it nor use it twice; changed arguments withdraw it and ask again.
 from __future__ import annotations
 
 import secrets
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..approvals import args_hash, send
 from ..budgets import Limits, Usage, exceeded
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from .execution import Execution
 
 DAY = 86400.0
+T = TypeVar("T")
 
 
 def new_approval_id() -> str:
@@ -84,28 +86,23 @@ class Guard:
     def cost_now(self, tool: Tool[Any, Any], values: dict[str, Any]) -> float:
         if tool.cost is None:
             return 0.0
-        try:
-            return tool.cost_of(values)
-        except Exception as exc:  # noqa: BLE001 - a broken cost function must not pass silently
-            raise Abort(BatonError(f"cost function of {tool.name} failed: {type(exc).__name__}: {exc}",
-                                   run_id=self.x.run_id)) from None
+        return self._declared("cost", tool, lambda: tool.cost_of(values))
 
     def cost(self, tool: Tool[Any, Any], args: dict[str, Any]) -> float:
         """The cost of a recorded call, from its recorded arguments."""
         if tool.cost is None:
             return 0.0
-        try:
-            values, _ = tool.validate(args)
-            return tool.cost_of(values)
-        except Exception as exc:  # noqa: BLE001 - a broken cost function must not pass silently
-            raise Abort(BatonError(f"cost function of {tool.name} failed: {type(exc).__name__}: {exc}",
-                                   run_id=self.x.run_id)) from None
+        return self._declared("cost", tool, lambda: tool.cost_of(tool.validate(args)[0]))
 
     def tokens(self, tool: Tool[Any, Any], result: Any) -> int:
+        return self._declared("tokens", tool, lambda: tool.tokens_of(tool.decode_result(result)))
+
+    def _declared(self, what: str, tool: Tool[Any, Any], compute: Callable[[], T]) -> T:
+        """Run a function the tool declared: a broken one fails the run, never passes silently."""
         try:
-            return tool.tokens_of(tool.decode_result(result))
-        except Exception as exc:  # noqa: BLE001
-            raise Abort(BatonError(f"tokens function of {tool.name} failed: {type(exc).__name__}: {exc}",
+            return compute()
+        except Exception as exc:  # noqa: BLE001 - whatever the tool's own function raised
+            raise Abort(BatonError(f"{what} function of {tool.name} failed: {type(exc).__name__}: {exc}",
                                    run_id=self.x.run_id)) from None
 
     def usage_rows(self, batch: list[ev.Event]) -> list[UsageRow]:
