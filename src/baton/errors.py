@@ -20,6 +20,7 @@ concern) so that the CLI and API can map them to one-line messages without parsi
     │       └── ApprovalDenied  a person (or the expiry of the request) said no
     ├── ApprovalError           an approval decision that cannot be taken (self-approval, ...)
     ├── BudgetExceeded          the run reached one of its limits; it fails before the step
+    ├── DataErased              the run's sensitive values were erased (``baton runs forget``)
     ├── NonDeterminismError     the workflow asked for a different step than the journal holds
     └── RunCancelled            raised inside a workflow whose run is being cancelled
 """
@@ -174,6 +175,12 @@ class ApprovalError(BatonError):
     principal not allowed to approve, an expired or already decided request)."""
 
     code = "approval_error"
+
+
+class DataErased(BatonError):
+    """The run's data key was destroyed: its sensitive values can no longer be read."""
+
+    code = "data_erased"
 
 
 class BudgetExceeded(BatonError):

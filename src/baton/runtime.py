@@ -8,6 +8,7 @@ import secrets
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .aio import run_blocking, run_coroutine
@@ -27,6 +28,8 @@ from .errors import ApprovalError, BatonError, RunNotFound, UsageError
 from .journal import GENESIS_HASH, EncodedEvent, RunStatus, canonical_json, decode, encode_batch, index_update
 from .journal import events as ev
 from .logs import in_run
+from .sensitive import NO_HINTS, MasterKey, Sealer
+from .sensitive.vault import Vault
 from .settings import Settings
 from .store import NewRun, RunRecord, Store, open_store
 from .telemetry import Telemetry
@@ -83,6 +86,7 @@ class Baton:
         self.telemetry = telemetry if telemetry is not None else Telemetry.from_env()
         self.telemetry.watch_pending_approvals(lambda: len(self.store.list_approvals(limit=100_000)))
         self._audit_key: tuple[Ed25519PrivateKey | None] | None = None
+        self._vault: Vault | None = None
         self.store = store or open_store(self.settings.database_url, durability=self.settings.durability)
         self.clock = clock or SystemClock()
         self.owner = new_owner_id()
@@ -97,6 +101,20 @@ class Baton:
         if self._audit_key is None:
             self._audit_key = (load_private(),)
         return self._audit_key[0]
+
+    @property
+    def vault(self) -> Vault:
+        """The master key (``BATON_MASTER_KEY``, or a key file beside an SQLite database)
+        and the runs' data keys; read when first needed."""
+        if self._vault is None:
+            path = getattr(self.store, "path", None)
+            default = Path(f"{path}.master-key") if isinstance(path, Path) else None
+            self._vault = Vault(self.store, MasterKey.load(default))
+        return self._vault
+
+    def sealer(self, run_id: str) -> Sealer:
+        """What seals and opens the run's sensitive values."""
+        return self.vault.sealer(run_id, self.clock.time())
 
     def close(self) -> None:
         close_notifier = getattr(self.governance.notifier, "close", None)
@@ -151,11 +169,13 @@ class Baton:
         run_id = run_id or new_run_id(now)
         started = ev.RunStarted(workflow=wf.name, workflow_ref=ref, input=input_json,
                                 principal=principal, tenant=tenant, limits=run_limits.to_json() or None)
+        data_key, sealer = self.vault.new_run(run_id)
+        stored = sealer.seal(started, wf.hints)
         blobs: dict[str, str] = {}
-        rows = encode_batch(run_id, 0, GENESIS_HASH, [started], now, blobs)
-        update = index_update([started])
+        rows = encode_batch(run_id, 0, GENESIS_HASH, [stored], now, blobs)
+        update = index_update([stored])
         update.blobs = blobs
-        self.store.create_run(NewRun(run_id, wf.name, ref, now, principal, tenant), rows, update)
+        self.store.create_run(NewRun(run_id, wf.name, ref, now, principal, tenant, data_key), rows, update)
         return run_id
 
     def _acting_for(self, principal: str | None, tenant: str | None) -> tuple[str | None, str | None]:
@@ -233,7 +253,8 @@ class Baton:
 
     def _execute(self, claim: Claim, listener: Listener | None) -> Outcome | None:
         record, previous = claim.record, claim.previous_owner
-        events = [decode(row, self.store.blob) for row in self.store.read(record.run_id)]
+        sealer = self.sealer(record.run_id)
+        events = [sealer.open(decode(row, self.store.blob)) for row in self.store.read(record.run_id)]
         workflow: Workflow | None = None
         load_error = ""
         try:
@@ -242,7 +263,8 @@ class Baton:
             load_error = exc.message
         x = Execution(store=self.store, settings=self.settings, clock=self.clock, pool=self.pool,
                       run=record, events=events, listener=listener, governance=self.governance,
-                      telemetry=self.telemetry)
+                      telemetry=self.telemetry, sealer=sealer,
+                      workflow_hints=workflow.hints if workflow is not None else NO_HINTS)
         self.leases.add(x)
         with in_run(record.run_id), self.telemetry.span(f"baton.run {record.workflow}", {
                 "baton.run.id": record.run_id, "baton.workflow": record.workflow,
@@ -357,9 +379,10 @@ class Baton:
         record = self.get_run(run_id)
         if record.status.terminal:
             raise UsageError(f"run {run_id} is {record.status.value}; it takes no more signals")
-        encoded = json_text(data, "signal data")
+        json_text(data, "signal data")
         json_text(name, "the signal name")
-        return self.store.send_signal(run_id, name, encoded, self.clock.time())
+        sealed = self.sealer(run_id).seal_data(data)  # the inbox holds it as the journal will
+        return self.store.send_signal(run_id, name, canonical_json(sealed), self.clock.time())
 
     def cancel(self, run_id: str) -> None:
         """Ask for the run to be cancelled: its completed steps' compensations run, newest
@@ -379,18 +402,20 @@ class Baton:
             raise UsageError(f"run {run_id} is being executed by another worker; try again")
         record = claim.record
         try:
-            events = [decode(r, self.store.blob) for r in self.store.read(run_id)]
+            sealer = self.sealer(run_id)
+            events = [sealer.open(decode(r, self.store.blob)) for r in self.store.read(run_id)]
             x = Execution(store=self.store, settings=self.settings, clock=self.clock,
-                          pool=self.pool, run=record, events=events, governance=self.governance)
+                          pool=self.pool, run=record, events=events, governance=self.governance, sealer=sealer)
             rec = x.state.steps.get(step_id)
             if record.status is not RunStatus.NEEDS_ATTENTION or rec is None or not rec.in_flight:
                 raise UsageError(f"step {step_id} of run {run_id} is not in doubt")
             tool = self._tool_named(record.workflow_ref, rec.name)
+            if tool is not None:
+                x.tools[step_id] = tool  # its sensitive fields; and the call counts in the principal's history
             if applied:
                 json_text(result, "the result")
                 if tool is not None:
                     self._check_resolved_result(tool, result)
-                    x.tools[step_id] = tool  # so that the call counts in the principal's history
             x.append([ev.StepResolved(step_id=step_id, applied=applied, result=result, by=by, note=note)])
         except Fenced:
             raise UsageError(f"run {run_id} moved on while resolving; try again") from None
@@ -479,8 +504,48 @@ class Baton:
     def journal(self, run_id: str) -> list[EncodedEvent]:
         return self.store.read(self.resolve_run_id(run_id))
 
-    def events(self, run_id: str) -> list[ev.Event]:
-        return [decode(row, self.store.blob) for row in self.journal(run_id)]
+    def events(self, run_id: str, *, reveal: bool = False) -> list[ev.Event]:
+        """The run's events as stored, sensitive values sealed; with ``reveal``, opened
+        with the run's data key (:class:`~baton.errors.DataErased` once it is destroyed)."""
+        run_id = self.resolve_run_id(run_id)
+        events = [decode(row, self.store.blob) for row in self.journal(run_id)]
+        if not reveal:
+            return events
+        sealer = self.sealer(run_id)
+        return [sealer.open(event) for event in events]
+
+    def result(self, run_id: str) -> Any:
+        """What a completed run's workflow returned, sensitive values included."""
+        run_id = self.resolve_run_id(run_id)
+        record = self.get_run(run_id)
+        if record.status is not RunStatus.COMPLETED:
+            raise UsageError(f"run {run_id} is {record.status.value}, not completed: it has no result")
+        last = decode(self.journal(run_id)[-1], self.store.blob)
+        opened = self.sealer(run_id).open(last)
+        assert isinstance(opened, ev.RunCompleted)
+        return opened.result
+
+    def forget(self, run_id: str) -> tuple[float, bool]:
+        """Erase a finished run's sensitive values by destroying its data key. The journal,
+        its hashes and the signed checkpoints are untouched and still verify; the sealed
+        values become unreadable. Returns when they were erased, and whether by this call."""
+        try:
+            run_id = self.resolve_run_id(run_id)
+        except RunNotFound:
+            if run_id not in self.store.pruned_runs():
+                raise
+        else:
+            record = self.get_run(run_id)
+            if not record.status.terminal:
+                raise UsageError(f"run {run_id} is {record.status.value}; cancel it (baton runs cancel) or let "
+                                 "it finish before erasing its data")
+        stored = self.store.data_key(run_id)
+        if stored is None:
+            raise UsageError(f"run {run_id} has no data key: it stored no sensitive values")
+        erased = self.store.erase_data_key(run_id, self.clock.time())
+        after = self.store.data_key(run_id)
+        assert after is not None and after.erased_at is not None
+        return after.erased_at, erased
 
     def worker(self, *, concurrency: int = 1, listener: Listener | None = None) -> Worker:
         from .engine.worker import Worker

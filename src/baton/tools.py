@@ -13,7 +13,7 @@ import functools
 import inspect
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
@@ -21,6 +21,7 @@ from pydantic import BaseModel, TypeAdapter
 
 from .aio import run_coroutine
 from .errors import ToolValidationError
+from .sensitive.seal import hints_of
 from .signatures import evaluated_signature, model_from_parameters, validate
 
 P = ParamSpec("P")
@@ -116,6 +117,9 @@ class Tool(Generic[P, R]):
     """The spend of a call, from its arguments (e.g. the refund amount), for budgets and policy."""
     tokens: Callable[[Any], int] | None = None
     """The model tokens a call used, from its result, for the run's token budget."""
+    sensitive: tuple[str, ...] = ()
+    """Keys whose values are sensitive wherever they appear in the arguments or result,
+    besides parameters and fields marked ``Annotated[..., Sensitive]``."""
 
     def __post_init__(self) -> None:
         signature = evaluated_signature(self.fn)
@@ -132,6 +136,7 @@ class Tool(Generic[P, R]):
         )
         if not self.description:
             self.description = inspect.getdoc(self.fn) or ""
+        self.hints = hints_of({p.name: p.annotation for p in params}, returns, self.sensitive)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Call the function directly, outside any run (handy in unit tests)."""
@@ -239,6 +244,7 @@ def tool(
     resource: str | Callable[..., tuple[str, str]] | None = None,
     cost: Callable[..., float] | None = None,
     tokens: Callable[[Any], int] | None = None,
+    sensitive: Iterable[str] = (),
 ) -> Callable[[Callable[P, R]], Tool[P, R]]: ...
 
 
@@ -260,6 +266,7 @@ def tool(
     resource: str | Callable[..., tuple[str, str]] | None = None,
     cost: Callable[..., float] | None = None,
     tokens: Callable[[Any], int] | None = None,
+    sensitive: Iterable[str] = (),
 ) -> Tool[P, R] | Callable[[Callable[P, R]], Tool[P, R]]:
     """Declare a tool.
 
@@ -271,6 +278,9 @@ def tool(
     For governance: ``role`` is the role the tool runs under, ``resource`` what policy sees
     it act on (``"Order::{order_id}"``), ``cost`` its spend from its arguments and
     ``tokens`` the model tokens it used, from its result.
+
+    ``sensitive`` names keys whose values are sealed wherever they appear in the arguments
+    or the result (as are parameters and fields marked ``Annotated[str, Sensitive]``).
 
     >>> @tool(idempotent=True, retries=3, timeout=5.0)
     ... def issue_refund(order_id: str, amount: float, *, idempotency_key: str) -> dict: ...
@@ -289,6 +299,7 @@ def tool(
             resource=resource,
             cost=cost,
             tokens=tokens,
+            sensitive=tuple(sensitive),
         )
 
     return wrap(fn) if fn is not None else wrap

@@ -12,12 +12,13 @@ import importlib.util
 import inspect
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
 from .errors import UsageError, WorkflowNotFound
+from .sensitive.seal import hints_of
 from .signatures import evaluated_signature, model_from_parameters, validate
 
 if TYPE_CHECKING:
@@ -35,13 +36,19 @@ class Workflow:
 
     fn: Callable[..., Any]
     name: str
+    sensitive: tuple[str, ...] = ()
+    """Keys of the input and result whose values are sensitive (besides parameters
+    marked ``Annotated[..., Sensitive]``)."""
 
     def __post_init__(self) -> None:
         self.is_async = inspect.iscoroutinefunction(self.fn)
-        params = list(evaluated_signature(self.fn).parameters.values())
+        signature = evaluated_signature(self.fn)
+        params = list(signature.parameters.values())
         if not params:
             raise TypeError(f"workflow {self.name} must take a Context as its first parameter")
         self.input_model = model_from_parameters(f"{self.name}_input", params[1:])
+        self.hints = hints_of({p.name: p.annotation for p in params[1:]}, signature.return_annotation,
+                              self.sensitive)
 
     def __call__(self, ctx: Context, /, **kwargs: Any) -> Any:
         return self.fn(ctx, **kwargs)
@@ -68,21 +75,25 @@ def workflow(fn: Callable[..., Any], /) -> Workflow: ...
 
 
 @overload
-def workflow(*, name: str | None = None) -> Callable[[Callable[..., Any]], Workflow]: ...
+def workflow(*, name: str | None = None,
+             sensitive: Iterable[str] = ()) -> Callable[[Callable[..., Any]], Workflow]: ...
 
 
 def workflow(
-    fn: Callable[..., Any] | None = None, /, *, name: str | None = None
+    fn: Callable[..., Any] | None = None, /, *, name: str | None = None, sensitive: Iterable[str] = ()
 ) -> Workflow | Callable[[Callable[..., Any]], Workflow]:
     """Declare a workflow: ``def refund(ctx: Context, order_id: str, amount: float)``.
 
     On resume the function runs again from the top; every ``ctx`` call already in the
     journal returns its recorded result without running, so the code must reach the world
     only through ``ctx`` and make the same calls in the same order for the same input.
+
+    ``sensitive`` names input and result keys whose values are sealed (encrypted at rest,
+    masked when shown), like parameters marked ``Annotated[str, Sensitive]``.
     """
 
     def wrap(f: Callable[..., Any]) -> Workflow:
-        return Workflow(fn=f, name=name or f.__name__)
+        return Workflow(fn=f, name=name or f.__name__, sensitive=tuple(sensitive))
 
     return wrap(fn) if fn is not None else wrap
 

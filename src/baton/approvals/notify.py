@@ -19,6 +19,7 @@ from concurrent.futures import Future
 from typing import Any, Protocol
 
 from ..journal import events as ev
+from ..sensitive.seal import masked
 
 log = logging.getLogger("baton.approvals")
 
@@ -32,7 +33,7 @@ class Notifier(Protocol):
 
 
 def notice(run_id: str, request: ev.ApprovalRequested) -> dict[str, Any]:
-    return {"event": "approval_requested", "run_id": run_id, **request.to_json()}
+    return {"event": "approval_requested", "run_id": run_id, **masked(request.to_json())}
 
 
 class WebhookNotifier:

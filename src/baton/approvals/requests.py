@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..journal import canonical_json
+from ..sensitive.seal import masked
 
 
 def args_hash(tool: str | None, args: dict[str, Any]) -> str:
@@ -49,7 +50,7 @@ class ApprovalRecord:
         return {
             "approval_id": self.approval_id, "run_id": self.run_id, "step_id": self.step_id,
             "tenant": self.tenant, "requester": self.requester, "title": self.title, "tool": self.tool,
-            "args": self.args, "policies": self.policies, "evidence": self.evidence,
+            "args": masked(self.args), "policies": self.policies, "evidence": masked(self.evidence),
             "approvers": self.approvers, "status": self.status, "created_at": self.created_at,
             "expires_at": self.expires_at, "escalated": self.escalated, "decided_by": self.decided_by,
             "decided_at": self.decided_at, "reason": self.reason, "consumed_at": self.consumed_at,

@@ -23,6 +23,7 @@ from ..journal import BLOB_CODEC, RunStatus, decode
 from ..journal import events as ev
 from ..journal.blobs import resolve as resolve_blobs
 from ..runtime import Baton
+from ..sensitive import masked
 from ..settings import Settings
 from ..store import RunRecord, SqliteStore, sqlite_path
 from .render import (
@@ -291,6 +292,28 @@ def runs_prune(
                   highlight=False)
 
 
+@runs_app.command("forget")
+def runs_forget(
+    run_id: str,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    db: DatabaseOpt = None,
+) -> None:
+    """Erase a finished run's sensitive values for good by destroying its data key. The
+    journal and its signed checkpoints still verify; the sealed values become unreadable."""
+    with _baton(db, must_exist=True) as baton:
+        if not yes and sys.stdin.isatty() and not typer.confirm(
+                f"erase the sensitive values of run {run_id}? This cannot be undone"):
+            raise typer.Exit(1)
+        erased_at, now = baton.forget(run_id)
+        when = datetime.fromtimestamp(erased_at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        if not now:
+            out.print(f"run {run_id}: its sensitive values were already erased ({when})", highlight=False)
+            return
+        out.print(f"run {run_id}: its data key was destroyed ({when}); its sensitive values can no longer be "
+                  "read. The journal, its hashes and checkpoints are unchanged: "
+                  "[bold]baton audit verify[/] still passes.", highlight=False)
+
+
 def _parse_time(text: str, what: str) -> float:
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -426,8 +449,8 @@ def runs_show(run_id: str, as_json: JsonOpt = False, db: DatabaseOpt = None) -> 
             body = run_json(record)
             body["journal"] = [
                 {"seq": r.seq, "type": r.type, "at": r.at, "hash": r.hash,
-                 "data": resolve_blobs(json.loads(r.data), baton.store.blob) if r.codec == BLOB_CODEC
-                 else json.loads(r.data)}
+                 "data": masked(resolve_blobs(json.loads(r.data), baton.store.blob) if r.codec == BLOB_CODEC
+                                else json.loads(r.data))}
                 for r in rows
             ]
             print(json.dumps(body, indent=2))

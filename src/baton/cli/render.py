@@ -14,6 +14,7 @@ from ..approvals import ApprovalRecord
 from ..approvals.decisions import describe_approvers
 from ..engine.owner import describe_owner
 from ..journal import events as ev
+from ..sensitive import masked
 from ..store import RunRecord
 
 STATUS_STYLE = {
@@ -27,7 +28,8 @@ _VERBS = {"allow": "allow it", "deny": "deny it", "approval": "hold it for appro
 
 
 def short(value: Any, limit: int = 80) -> str:
-    text = json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
+    """A value in one line, sensitive values masked."""
+    text = json.dumps(masked(value), ensure_ascii=False, separators=(", ", ": "))
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -189,7 +191,7 @@ def runs_table(records: list[RunRecord]) -> Table:
 def run_json(record: RunRecord) -> dict[str, Any]:
     outcome: Any = record.outcome
     if record.status.value == "completed" and outcome is not None:
-        outcome = json.loads(outcome)
+        outcome = masked(json.loads(outcome))
     return {
         "run_id": record.run_id, "workflow": record.workflow, "workflow_ref": record.workflow_ref,
         "status": record.status.value, "created_at": record.created_at,

@@ -132,7 +132,7 @@ class Context:
             timeout_at = rec.timeout_at
         for signal in x.store.pending_signals(x.run_id):
             if signal.name == name:
-                data = json.loads(signal.data)
+                data = x.sealer.open_data(json.loads(signal.data))  # sealed when it was sent
                 events.append(ev.SignalReceived(step_id=step_id, name=name, data=data,
                                                 signal_id=signal.signal_id))
                 x.append(events)

@@ -18,10 +18,11 @@ from typing import Any, NoReturn
 from ..budgets import Limits
 from ..clock import Clock
 from ..config import Governance
-from ..errors import AppendConflict, BatonError, NonDeterminismError, RunCancelled
+from ..errors import AppendConflict, BatonError, DataErased, NonDeterminismError, RunCancelled
 from ..journal import IndexUpdate, RunStatus, canonical_json, encode_batch, index_update
 from ..journal import events as ev
 from ..journal.index import MOVING
+from ..sensitive import NO_HINTS, Hints, Sealer
 from ..settings import Settings
 from ..store import RunRecord, Store
 from ..telemetry import Telemetry
@@ -63,6 +64,8 @@ class Execution:
         listener: Listener | None = None,
         governance: Governance | None = None,
         telemetry: Telemetry | None = None,
+        sealer: Sealer | None = None,
+        workflow_hints: Hints = NO_HINTS,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -70,6 +73,9 @@ class Execution:
         self.pool = pool
         self.run_id = run.run_id
         self.listener = listener
+        self.sealer = sealer or Sealer(run.run_id, None)
+        """Seals what is written; without the run's key, only free text can be written."""
+        self.workflow_hints = workflow_hints
         self.state = ReplayState.fold(events)
         self.head_seq = run.head_seq
         self.head_hash = run.head_hash
@@ -101,14 +107,18 @@ class Execution:
         now = self.clock.time()
         blobs: dict[str, str] = {}
         try:
-            rows = encode_batch(self.run_id, self.head_seq, self.head_hash, batch, now, blobs)
+            # What is stored has its sensitive values sealed; the replay state keeps them open.
+            stored = [self.sealer.seal(event, self.hints_of(event)) for event in batch]
+            rows = encode_batch(self.run_id, self.head_seq, self.head_hash, stored, now, blobs)
         except (TypeError, ValueError, RecursionError) as exc:
             raise Abort(BatonError(f"cannot record the run's events: they are not JSON ({exc})",
                                    run_id=self.run_id)) from None
+        except DataErased as exc:
+            raise Abort(exc) from None
         if self.indexed_status is RunStatus.RUNNING and all(type(e) in MOVING for e in batch):
             update = _NO_UPDATE  # the common case: a step of a running run changes no index field
         else:
-            update = index_update(batch)
+            update = index_update(stored)
             if update.status is RunStatus.RUNNING and self.indexed_status is RunStatus.RUNNING:
                 update.status = None  # already so: leave the index row's status alone
         usage = self.guard.usage_rows(batch) if self.guard is not None and self.guard.tracks_usage else []
@@ -130,7 +140,17 @@ class Execution:
         for event in batch:
             self.state.apply(event)
         if self.listener is not None:
-            self.listener(self.run_id, batch)
+            self.listener(self.run_id, stored)
+
+    def hints_of(self, event: ev.Event) -> Hints:
+        """What the tool or workflow an event belongs to declares sensitive."""
+        step_id = event.__dict__.get("step_id")
+        if step_id is not None:
+            tool = self.tools.get(step_id)
+            return tool.hints if tool is not None else NO_HINTS
+        if isinstance(event, ev.RunStarted | ev.RunCompleted):
+            return self.workflow_hints
+        return NO_HINTS
 
     def buffer(self, event: ev.Event) -> None:
         """Keep a side-effect-free event to be written with the next append."""

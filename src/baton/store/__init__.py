@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UsageError
-from .base import NewRun, RunRecord, Signal, Store, Taken
+from .base import NewRun, RunRecord, Signal, Store, StoredKey, Taken
 from .sqlite import Durability, SqliteStore
 
-__all__ = ["NewRun", "RunRecord", "Signal", "SqliteStore", "Store", "Taken", "open_store", "sqlite_path"]
+__all__ = ["NewRun", "RunRecord", "Signal", "SqliteStore", "Store", "StoredKey", "Taken", "open_store", "sqlite_path"]
 
 
 def sqlite_path(url: str) -> Path:

@@ -18,6 +18,7 @@ from ..approvals import ApprovalRecord
 from ..audit.checkpoints import Checkpoint
 from ..journal import EncodedEvent, IndexUpdate, RunStatus
 from ..journal import events as ev
+from ..sensitive.keys import WrappedKey
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +29,17 @@ class NewRun:
     created_at: float
     principal: str | None = None
     tenant: str | None = None
+    data_key: WrappedKey | None = None
+    """The run's data key, wrapped: stored with the run, atomically."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredKey:
+    """A run's data key as the store holds it: ``key`` is ``None`` once erased."""
+
+    key: WrappedKey | None
+    created_at: float
+    erased_at: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +227,21 @@ class Store(Protocol):
 
     def pruned_runs(self) -> dict[str, tuple[int, str, str]]:
         """Pruned runs: run id → (head seq, head hash, archive)."""
+        ...
+
+    # -- data keys ------------------------------------------------------------------
+
+    def data_key(self, run_id: str) -> StoredKey | None: ...
+
+    def add_data_key(self, run_id: str, key: WrappedKey, now: float) -> None:
+        """Give a run that has none a data key (a run older than data keys); a no-op if it
+        has one, or had one."""
+        ...
+
+    def erase_data_key(self, run_id: str, now: float) -> bool:
+        """Destroy the run's data key so that no copy of it is left in the database files
+        (in SQLite: overwritten, and the write-ahead log emptied). ``False`` if there was
+        none left to erase."""
         ...
 
     # -- inbox ----------------------------------------------------------------------

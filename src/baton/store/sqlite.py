@@ -25,8 +25,9 @@ from ..errors import AppendConflict, BlobMissing, MigrationError, StoreError
 from ..journal import BLOB_CODEC, EncodedEvent, IndexUpdate, RunStatus, canonical_json
 from ..journal import events as ev
 from ..journal.blobs import references
+from ..sensitive.keys import WrappedKey
 from . import migrations
-from .base import NewRun, RunRecord, Signal, Taken
+from .base import NewRun, RunRecord, Signal, StoredKey, Taken
 
 Durability = Literal["full", "normal"]
 
@@ -281,6 +282,9 @@ class SqliteStore:
                 )
                 self._insert(conn, first)
                 self._insert_blobs(conn, update.blobs)
+                if run.data_key is not None:
+                    conn.execute("INSERT INTO data_keys (run_id, master_id, wrapped, created_at) VALUES (?, ?, ?, ?)",
+                                 (run.run_id, run.data_key.master_id, run.data_key.wrapped, run.created_at))
         except sqlite3.IntegrityError as exc:
             raise AppendConflict(f"run {run.run_id} already exists", run_id=run.run_id) from exc
 
@@ -595,6 +599,47 @@ class SqliteStore:
     def pruned_runs(self) -> dict[str, tuple[int, str, str]]:
         rows = self._query("SELECT run_id, head_seq, head_hash, archive FROM pruned_runs")
         return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+    # -- data keys ------------------------------------------------------------------
+
+    def data_key(self, run_id: str) -> StoredKey | None:
+        rows = self._query("SELECT master_id, wrapped, created_at, erased_at FROM data_keys WHERE run_id = ?",
+                           (run_id,))
+        if not rows:
+            return None
+        master_id, wrapped, created_at, erased_at = rows[0]
+        key = WrappedKey(master_id, bytes(wrapped)) if wrapped is not None else None
+        return StoredKey(key, created_at, erased_at)
+
+    def add_data_key(self, run_id: str, key: WrappedKey, now: float) -> None:
+        with self._tx() as conn:
+            conn.execute("INSERT OR IGNORE INTO data_keys (run_id, master_id, wrapped, created_at) "
+                         "VALUES (?, ?, ?, ?)", (run_id, key.master_id, key.wrapped, now))
+
+    def erase_data_key(self, run_id: str, now: float) -> bool:
+        conn = self._conn()
+        # Deleted cells are overwritten with zeros, and the log that still holds the pages
+        # as they were is checkpointed into the file and truncated: the key is gone from disk.
+        # (Done again when there is nothing left to erase, in case an earlier call could not.)
+        conn.execute("PRAGMA secure_delete = ON")
+        try:
+            with self._tx() as tx:
+                row = tx.execute("SELECT created_at FROM data_keys WHERE run_id = ? AND wrapped IS NOT NULL",
+                                 (run_id,)).fetchone()
+                if row is not None:
+                    tx.execute("DELETE FROM data_keys WHERE run_id = ?", (run_id,))
+                    tx.execute("INSERT INTO data_keys (run_id, created_at, erased_at) VALUES (?, ?, ?)",
+                               (run_id, row[0], now))
+            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"database {self.path}: {exc}", retryable=True) from exc
+        finally:
+            conn.execute("PRAGMA secure_delete = OFF")
+        if busy:
+            raise StoreError(f"run {run_id}'s data key was erased, but other readers kept the database's log "
+                             "from being emptied, so a copy may remain in it; stop the other Baton processes "
+                             "and run `baton runs forget` again", run_id=run_id, retryable=True)
+        return row is not None
 
     # -- inbox ----------------------------------------------------------------------
 

@@ -1,0 +1,108 @@
+"""Built-in detectors: values that are sensitive whatever the tool declares.
+
+A string is sensitive if it contains an e-mail address, a payment card number (13 to 19
+digits, spaces or dashes allowed, passing the Luhn check), a phone number written as one
+(``+`` and 8 to 15 digits, or a grouped national form such as ``(415) 555-0100``), or an
+AWS access key id. A value under a key named like a secret (``password``, ``api_key``,
+``access_token``, ``aws_secret_access_key``, …) is sensitive whatever it looks like.
+
+Detectors err on the side of hiding: a 16-digit order number that passes the Luhn check is
+masked too. Bare digit runs are not taken for phone numbers (ids would be, constantly).
+"""
+
+from __future__ import annotations
+
+import re
+
+_EMAIL = r"(?P<email>[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})"
+_CARD = r"(?P<card>(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-]))"
+_PHONE = (r"(?P<phone>(?<![\w+])(?:\+\d[\d ().-]{7,18}\d"
+          r"|\(\d{3}\)[ .-]?\d{3}[ .-]\d{4}|\d{3}[.-]\d{3}[.-]\d{4})(?![\w-]))")
+_AWS_KEY = r"(?P<aws_key>(?<![A-Z0-9])(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}(?![A-Z0-9]))"
+
+# Card before phone: a grouped card number would otherwise be read as a phone number.
+_PATTERN = re.compile("|".join((_EMAIL, _CARD, _PHONE, _AWS_KEY)))
+_KIND = {"email": "email", "card": "card", "phone": "phone", "aws_key": "aws-key"}
+
+_SECRET_NAME = re.compile(
+    r"(?:^|_)(?:password|passwd|passphrase|secret|client_secret|api_?key|access_?token|refresh_?token"
+    r"|auth_?token|session_?token|bearer_?token|private_?key|secret_?access_?key|credentials?)$"
+)
+
+MIN_LENGTH = 6
+"""No detector matches a shorter string: the common case costs one length check."""
+
+
+def luhn_valid(digits: str) -> bool:
+    total = 0
+    for position, char in enumerate(reversed(digits)):
+        digit = ord(char) - 48
+        if position % 2:
+            digit = digit * 2 - 9 if digit > 4 else digit * 2
+        total += digit
+    return total % 10 == 0
+
+
+def _phone_digits_ok(text: str) -> bool:
+    digits = sum(c.isdigit() for c in text)
+    return 8 <= digits <= 15
+
+
+def _accept(match: re.Match[str]) -> str | None:
+    """The kind a regex match is, once the checks a regex cannot make are made."""
+    group = match.lastgroup
+    if group == "card":
+        return "card" if luhn_valid(re.sub(r"[ -]", "", match.group())) else None
+    if group == "phone":
+        return "phone" if _phone_digits_ok(match.group()) else None
+    return _KIND.get(group or "")
+
+
+def detect(text: str) -> str | None:
+    """The kind of the first sensitive value in ``text`` (``email``, ``card``, ``phone``,
+    ``aws-key``), or ``None``."""
+    if len(text) < MIN_LENGTH:
+        return None
+    for match in _PATTERN.finditer(text):
+        kind = _accept(match)
+        if kind is not None:
+            return kind
+    return None
+
+
+def detect_number(value: int) -> str | None:
+    """A card number held as an integer."""
+    if 10**12 <= value < 10**19 and luhn_valid(str(value)):
+        return "card"
+    return None
+
+
+def secret_name(key: str) -> bool:
+    """Does a key's name say its value is a secret (``password``, ``db_password``, ``apiKey``)?"""
+    return _SECRET_NAME.search(_snake(key)) is not None
+
+
+def _snake(key: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", key).replace("-", "_").lower()
+
+
+def mask_of(kind: str) -> str:
+    """How a hidden value is shown: ``‹email›``."""
+    return f"\u2039{kind}\u203a"
+
+
+def redact(text: str, known: tuple[str, ...] = ()) -> str:
+    """``text`` with every detected value, and every one of ``known`` (values declared
+    sensitive), replaced by its mask. For free text (error messages, reasons) that is
+    stored in clear: a detected value is removed, not encrypted."""
+    for value in known:
+        if value in text:
+            text = text.replace(value, mask_of("sensitive"))
+    if len(text) < MIN_LENGTH:
+        return text
+
+    def replace(match: re.Match[str]) -> str:
+        kind = _accept(match)
+        return match.group() if kind is None else mask_of(kind)
+
+    return _PATTERN.sub(replace, text)
