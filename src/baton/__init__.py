@@ -17,6 +17,7 @@ from .errors import (
     ApprovalError,
     BatonError,
     BudgetExceeded,
+    DataErased,
     MigrationError,
     NonDeterminismError,
     PolicyDenied,
@@ -33,6 +34,7 @@ from .errors import (
 from .identity import Principal
 from .journal import RunStatus
 from .runtime import Baton
+from .sensitive import Sensitive
 from .settings import Settings
 from .store import RunRecord, SqliteStore, Store
 from .telemetry import Telemetry
@@ -51,6 +53,7 @@ __all__ = [
     "BudgetExceeded",
     "Clock",
     "Context",
+    "DataErased",
     "Governance",
     "Limits",
     "MigrationError",
@@ -64,6 +67,7 @@ __all__ = [
     "RunNotFound",
     "RunRecord",
     "RunStatus",
+    "Sensitive",
     "Settings",
     "SqliteStore",
     "StepError",

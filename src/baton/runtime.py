@@ -266,7 +266,7 @@ class Baton:
                       telemetry=self.telemetry, sealer=sealer,
                       workflow_hints=workflow.hints if workflow is not None else NO_HINTS)
         self.leases.add(x)
-        with in_run(record.run_id), self.telemetry.span(f"baton.run {record.workflow}", {
+        with in_run(record.run_id, sealer.known), self.telemetry.span(f"baton.run {record.workflow}", {
                 "baton.run.id": record.run_id, "baton.workflow": record.workflow,
                 "baton.principal": record.principal or "", "baton.takeover": previous is not None}) as span:
             outcome = self._execute_run(x, claim, workflow, load_error)

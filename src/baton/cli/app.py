@@ -22,6 +22,7 @@ from ..errors import BatonError, UsageError
 from ..journal import BLOB_CODEC, RunStatus, decode
 from ..journal import events as ev
 from ..journal.blobs import resolve as resolve_blobs
+from ..logs import configure as configure_logs
 from ..runtime import Baton
 from ..sensitive import masked
 from ..settings import Settings
@@ -90,6 +91,7 @@ def _baton(db: str | None, *, must_exist: bool = False) -> Baton:
         path = sqlite_path(settings.database_url)
         if not path.exists():
             raise UsageError(f"no Baton database at {path} (set BATON_DATABASE_URL or --db)")
+    configure_logs()  # warnings on stderr with their run and step, sensitive values masked
     return Baton(settings)
 
 
@@ -192,9 +194,6 @@ def worker(
     db: DatabaseOpt = None,
 ) -> None:
     """Execute runnable runs, and take over runs whose worker died."""
-    from ..logs import configure
-
-    configure()  # warnings and errors on stderr, each with its run, step and trace
     with _baton(db) as baton:
         w = baton.worker(concurrency=concurrency, listener=None if quiet else _progress_printer(tagged=True))
         signals.signal(signals.SIGTERM, lambda *_: w.stop())
