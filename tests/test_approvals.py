@@ -10,13 +10,13 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from baton import Baton, Context, RunStatus, tool, workflow
+from baton import Baton, Context, RunStatus, Sensitive, tool, workflow
 from baton.approvals import ApprovalRecord, WebhookNotifier, args_hash
 from baton.approvals.decisions import _append
 from baton.cli import app, main
@@ -907,3 +907,41 @@ def test_an_id_prefix_never_reveals_another_tenants_request(b: Baton) -> None:
     with pytest.raises(ApprovalError, match="no approval request"):
         b.get_approval(request.approval_id[:3], "eve")
     assert b.get_approval(request.approval_id[:6], "bob").approval_id == request.approval_id
+
+
+@tool(name="issue_refund", idempotent=True, resource="Order::{order_id}", cost=lambda amount: amount)
+def issue_refund_to(order_id: str, amount: float, account: Annotated[str, Sensitive]) -> str:
+    refunded.append((account, amount))
+    return f"txn-{order_id}"
+
+
+@workflow
+def refund_to_account(ctx: Context, order_id: str, amount: float, account: Annotated[str, Sensitive],
+                      email: str) -> str:
+    with ctx.evidence({"customer": email, "order": order_id}):
+        return ctx.call(issue_refund_to, order_id=order_id, amount=amount, account=account)
+
+
+def test_an_approval_shows_sensitive_arguments_masked_and_binds_them_all_the_same(
+        tmp_path: Path, clock: FakeClock, hook: Hook) -> None:
+    """The request, its notification and the approvals index hold the account number and the
+    customer's e-mail sealed; the approver sees masks; the grant still binds the exact
+    arguments, and the tool gets the real ones."""
+    gov = governance(tmp_path, webhook=hook.url)
+    assert isinstance(gov.notifier, WebhookNotifier)
+    gov.notifier.backoff = 0.05
+    with Baton(make_settings(tmp_path), clock=clock, governance=gov) as b:
+        run_id = b.start(refund_to_account, {"order_id": "98765", "amount": 150.0, "account": "DE89-3704-0044",
+                                             "email": "dan@example.com"}, principal="alice")
+        request = pending_request(b, run_id)
+        gov.notifier.wait(timeout=10)
+        shown = request.to_json()
+        assert shown["args"] == {"order_id": "98765", "amount": 150.0, "account": "\u2039sensitive\u203a"}
+        assert shown["evidence"] == {"customer": "\u2039email\u203a", "order": "98765"}
+        delivered = [body for status, body in hook.received if status == 200]
+        assert delivered and delivered[0]["args"] == shown["args"] and delivered[0]["evidence"] == shown["evidence"]
+        b.decide(request.approval_id, principal="bob", approve=True, reason="checked the account")
+        assert b.drive(run_id).status is RunStatus.COMPLETED
+    assert refunded == [("DE89-3704-0044", 150.0)]
+    stored = b"".join(p.read_bytes() for p in tmp_path.glob("b.db*") if not p.name.endswith("master-key"))
+    assert b"DE89-3704-0044" not in stored and b"dan@example.com" not in stored

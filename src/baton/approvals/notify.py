@@ -27,7 +27,8 @@ log = logging.getLogger("baton.approvals")
 class Notifier(Protocol):
     """Told when a run starts waiting for an approval. Must not block for long. Returning
     normally (``None`` or ``True``) means delivered; ``False`` or an exception means not
-    (it will be sent again); a ``Future`` of a bool says so later."""
+    (it will be sent again); a ``Future`` of a bool says so later. The request comes as
+    stored, its sensitive values sealed: ``baton.sensitive.masked`` shows them as masks."""
 
     def notify(self, run_id: str, request: ev.ApprovalRequested) -> bool | Future[bool] | None: ...
 

@@ -212,9 +212,12 @@ class Guard:
         return request
 
     def notify(self, request: ev.ApprovalRequested) -> None:
+        """Tell the notifier, with the request as it is stored: sensitive values sealed."""
         notifier = self.governance.notifier
         if notifier is not None:
-            send(notifier, self.x.run_id, request, self.x.store, self.x.clock.time)
+            stored = self.x.sealer.seal(request, self.x.hints_of(request))
+            assert isinstance(stored, ev.ApprovalRequested)
+            send(notifier, self.x.run_id, stored, self.x.store, self.x.clock.time)
 
     # -- a call waiting for (or holding) an approval ------------------------------------
 
