@@ -12,12 +12,13 @@ masked too. Bare digit runs are not taken for phone numbers (ids would be, const
 
 from __future__ import annotations
 
+import functools
 import re
 
 _EMAIL = r"(?P<email>[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})"
-_CARD = r"(?P<card>(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-]))"
-_PHONE = (r"(?P<phone>(?<![\w+])(?:\+\d[\d ().-]{7,18}\d"
-          r"|\(\d{3}\)[ .-]?\d{3}[ .-]\d{4}|\d{3}[.-]\d{3}[.-]\d{4})(?![\w-]))")
+_CARD = r"(?P<card>(?<![0-9-])[0-9](?:[ -]?[0-9]){12,18}(?![0-9-]))"
+_PHONE = (r"(?P<phone>(?<![\w+])(?:\+[0-9][0-9 ().-]{7,18}[0-9]"
+          r"|\([0-9]{3}\)[ .-]?[0-9]{3}[ .-][0-9]{4}|[0-9]{3}[.-][0-9]{3}[.-][0-9]{4})(?![\w-]))")
 _AWS_KEY = r"(?P<aws_key>(?<![A-Z0-9])(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}(?![A-Z0-9]))"
 
 # Card before phone: a grouped card number would otherwise be read as a phone number.
@@ -31,6 +32,15 @@ _SECRET_NAME = re.compile(
 
 MIN_LENGTH = 6
 """No detector matches a shorter string: the common case costs one length check."""
+_NO_DIGITS = str.maketrans("", "", "0123456789")
+_AWS_HINT = re.compile("A(?:KIA|SIA|BIA|CCA)")
+
+
+def _worth_scanning(text: str) -> bool:
+    """Could any detector match? Cheap tests first (each runs in C): most strings are ids,
+    names and words, and never reach the full regular expression."""
+    return len(text) >= MIN_LENGTH and (
+        "@" in text or len(text) - len(text.translate(_NO_DIGITS)) >= 8 or _AWS_HINT.search(text) is not None)
 
 
 def luhn_valid(digits: str) -> bool:
@@ -61,7 +71,7 @@ def _accept(match: re.Match[str]) -> str | None:
 def detect(text: str) -> str | None:
     """The kind of the first sensitive value in ``text`` (``email``, ``card``, ``phone``,
     ``aws-key``), or ``None``."""
-    if len(text) < MIN_LENGTH:
+    if not _worth_scanning(text):
         return None
     for match in _PATTERN.finditer(text):
         kind = _accept(match)
@@ -77,6 +87,7 @@ def detect_number(value: int) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=4096)
 def secret_name(key: str) -> bool:
     """Does a key's name say its value is a secret (``password``, ``db_password``, ``apiKey``)?"""
     return _SECRET_NAME.search(_snake(key)) is not None
@@ -98,7 +109,7 @@ def redact(text: str, known: tuple[str, ...] = ()) -> str:
     for value in known:
         if value in text:
             text = text.replace(value, mask_of("sensitive"))
-    if len(text) < MIN_LENGTH:
+    if not _worth_scanning(text):
         return text
 
     def replace(match: re.Match[str]) -> str:

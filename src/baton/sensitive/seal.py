@@ -112,8 +112,8 @@ _TEXT: dict[type[ev.Event], tuple[str, ...]] = {
 _ERRORS = (ev.RunFailed, ev.StepFailed, ev.Compensated)
 
 
-def _escape(key: str) -> str:
-    return "\u0000" + key if key.startswith("\u0000") else key
+_PLAIN = frozenset({float, bool, type(None)})
+"""Scalar types no detector looks at (an ``int`` may be a card number)."""
 
 
 def _unescape(key: str) -> str:
@@ -166,33 +166,45 @@ class Sealer:
 
     def seal_data(self, value: Any, names: frozenset[str] = frozenset()) -> Any:
         """``value`` with its sensitive parts sealed (detected ones, and those under
-        ``names``); the same object if nothing was."""
-        if isinstance(value, str):
-            if value in self.known:  # declared sensitive earlier in the run: it stays so
-                return self.seal_value(value, "sensitive")
-            kind = detect(value)
-            return value if kind is None else self.seal_value(value, kind)
-        if isinstance(value, dict):
+        ``names``); the same object if nothing was. Runs on every event of every step, so
+        scalars are handled inline rather than by a call each."""
+        kind = type(value)
+        if kind is str:
+            return self._seal_text(value)
+        if kind is dict:
             out: dict[str, Any] = {}
             changed = False
             for key, item in value.items():
-                if item is not None and key in names:
-                    new: Any = self.seal_value(item, "sensitive")
-                elif item is not None and secret_name(key):
+                if item is None:
+                    new: Any = None
+                elif key in names:
+                    new = self.seal_value(item, "sensitive")
+                elif secret_name(key):
                     new = self.seal_value(item, "secret")
+                elif type(item) is str:
+                    new = item if len(item) < MIN_KNOWN else self._seal_text(item)
+                elif type(item) in _PLAIN:
+                    new = item
                 else:
                     new = self.seal_data(item, names)
-                stored = _escape(key)
-                changed = changed or new is not item or stored is not key
-                out[stored] = new
+                if key[:1] == "\u0000":
+                    key, changed = "\u0000" + key, True
+                changed = changed or new is not item
+                out[key] = new
             return out if changed else value
-        if isinstance(value, list):
+        if kind is list:
             items = [self.seal_data(item, names) for item in value]
             return items if any(a is not b for a, b in zip(items, value, strict=True)) else value
-        if type(value) is int:
-            kind = detect_number(value)
-            return value if kind is None else self.seal_value(value, kind)
+        if kind is int:
+            found = detect_number(value)
+            return value if found is None else self.seal_value(value, found)
         return value
+
+    def _seal_text(self, text: str) -> Any:
+        if text in self.known:  # declared sensitive earlier in the run: it stays so
+            return self.seal_value(text, "sensitive")
+        found = detect(text)
+        return text if found is None else self.seal_value(text, found)
 
     def open_data(self, value: Any) -> Any:
         """``value`` with its sealed parts decrypted; the same object if there were none."""
