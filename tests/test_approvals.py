@@ -180,7 +180,7 @@ def test_a_gated_step_waits_with_a_durable_request_and_a_small_one_runs(
     assert decided.effect == "approval"
     (asked,) = of_type(b, run_id, ev.ApprovalRequested)
     assert asked.approval_id == request.approval_id
-    assert asked.args_hash == args_hash("issue_refund", {"order_id": "98765", "amount": 150.0})
+    assert asked.args_hash == args_hash("issue_refund", {"order_id": "98765", "amount": 150.0}, b.sealer(run_id))
     assert request.status == "pending"
     assert (request.requester, request.tenant) == ("alice", "acme")
     assert request.tool == "issue_refund" and request.args == {"order_id": "98765", "amount": 150.0}
@@ -945,3 +945,21 @@ def test_an_approval_shows_sensitive_arguments_masked_and_binds_them_all_the_sam
     assert refunded == [("DE89-3704-0044", 150.0)]
     stored = b"".join(p.read_bytes() for p in tmp_path.glob("b.db*") if not p.name.endswith("master-key"))
     assert b"DE89-3704-0044" not in stored and b"dan@example.com" not in stored
+
+
+@workflow
+def goodwill_for(ctx: Context, email: str) -> bool:
+    return bool(ctx.approval(f"goodwill credit for {email}", approvers="role:manager"))
+
+
+def test_an_approval_title_with_a_sensitive_value_is_stored_masked_and_replays(b: Baton) -> None:
+    """The title is the approval step's name on replay; it is stored redacted, and the run
+    must still recognise its own step when it resumes."""
+    run_id = b.start(goodwill_for, {"email": "erin@example.com"}, principal="alice")
+    request = pending_request(b, run_id)
+    assert request.title == "goodwill credit for \u2039email\u203a"
+    b.decide(request.approval_id, principal="bob", approve=True, reason="loyal customer erin@example.com")
+    assert b.drive(run_id).status is RunStatus.COMPLETED
+    assert b.result(run_id) is True
+    (granted,) = of_type(b, run_id, ev.ApprovalGranted)
+    assert granted.reason == "loyal customer \u2039email\u203a"

@@ -7,13 +7,14 @@ from __future__ import annotations
 import base64
 import json
 import os
+import sqlite3
 from pathlib import Path
 from typing import Annotated, Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from baton import Baton, Context, DataErased, RunStatus, Sensitive, Settings, UsageError, tool, workflow
 from baton.errors import StoreError
@@ -39,6 +40,10 @@ from engine_support import make_settings
     ("+44 20 7946 0958", "phone"),
     ("key AKIAIOSFODNN7EXAMPLE here", "aws-key"),
     ("ASIAY34FZKBOKMUTVV7A", "aws-key"),
+    ("pay to DE89 3704 0044 0532 0130 00 now", "iban"),
+    ("GB82WEST12345698765432", "iban"),
+    ("ssn 123-45-6789 on file", "ssn"),
+    ("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U", "token"),
 ])
 def test_detectors_recognise(text: str, kind: str) -> None:
     assert detect(text) == kind
@@ -51,6 +56,8 @@ def test_detectors_recognise(text: str, kind: str) -> None:
     "550e8400-e29b-41d4-a716-446655440000", "run 19ad0f0b2c1a4e5f9b3",
     "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", "refund approved by bob",
     "version 1.2.3", "AKIA-too-short", "not@an", "12345678",
+    "DE89 3704 0044 0532 0130 01",  # IBAN check digits wrong
+    "000-12-3456", "ORDER12345678901234",
 ])
 def test_detectors_leave_ordinary_text_alone(text: str) -> None:
     assert detect(text) is None
@@ -72,14 +79,17 @@ def test_every_luhn_valid_card_number_is_detected(digits: list[int], sep: str) -
     ("password", True), ("db_password", True), ("apiKey", True), ("api_key", True),
     ("access_token", True), ("aws_secret_access_key", True), ("client_secret", True),
     ("private_key", True), ("max_tokens", False), ("token_count", False), ("keyword", False),
-    ("idempotency_key", False), ("secretary", False),
+    ("idempotency_key", False), ("secretary", False), ("token", True), ("authorization", True),
+    ("pin", True), ("spin", False),
 ])
 def test_secret_names(key: str, secret: bool) -> None:
     assert secret_name(key) is secret
 
 
 def test_redact_removes_declared_values_too() -> None:
-    assert redact("no customer 078-05-1120 found", ("078-05-1120",)) == "no customer \u2039sensitive\u203a found"
+    assert redact("no customer Z-7731-Q found", ("Z-7731-Q",)) == "no customer \u2039sensitive\u203a found"
+    # The longer of two overlapping values first: nothing of either is left.
+    assert redact("nick Lapin-Blanc-77", ("Lapin", "Lapin-Blanc-77")) == "nick \u2039sensitive\u203a"
 
 
 # -- sealing -------------------------------------------------------------------------------
@@ -193,6 +203,21 @@ def test_hints_come_from_annotations_models_and_names() -> None:
     assert hints_of({"x": int}, None).names == frozenset()
 
 
+class Taxed(BaseModel):
+    tax: Annotated[str, Sensitive] = Field(alias="taxId")
+    extra: list[Annotated[str, Sensitive]] | None = None
+
+
+def test_hints_see_through_optional_containers_and_aliases() -> None:
+    @tool
+    def file(ssn: Annotated[str, Sensitive] | None, pins: list[Annotated[str, Sensitive]], who: Taxed
+             ) -> dict[str, Annotated[str, Sensitive]]:
+        return {}
+
+    assert file.hints.names == {"ssn", "pins", "tax", "taxId", "extra"}
+    assert file.hints.result is True
+
+
 # -- the master key ------------------------------------------------------------------------
 
 
@@ -286,7 +311,7 @@ def test_signal_data_is_sealed_in_the_inbox(tmp_path: Path) -> None:
         run_id = baton.run(waits).run_id
         baton.signal(run_id, "answer", {"email": "carol@example.com"})
         (pending,) = baton.store.pending_signals(run_id)
-        assert "carol@example.com" not in pending.data
+        assert "carol@example.com" not in pending.data and "email" not in pending.data  # sealed whole
         assert baton.drive(run_id).status is RunStatus.COMPLETED
         assert baton.result(run_id) == {"email": "carol@example.com"}
 
@@ -298,8 +323,7 @@ def test_forget_refuses_a_live_run_and_works_on_a_finished_one(tmp_path: Path) -
             baton.forget(run_id)
         baton.cancel(run_id)
         assert baton.drive(run_id).status is RunStatus.CANCELLED
-        _, erased = baton.forget(run_id)
-        assert erased
+        assert baton.forget(run_id).now
         with pytest.raises(DataErased):
             baton.events(run_id, reveal=True)
         shown = [masked(e.to_json()) for e in baton.events(run_id)]
@@ -312,3 +336,118 @@ def test_settings_from_the_environment_use_a_key_file_beside_the_database(tmp_pa
     with Baton(Settings(database_url=f"sqlite:///{tmp_path / 'x.db'}")) as baton:
         baton.run(contact, email="alice@example.com")
     assert (tmp_path / "x.db.master-key").exists()
+
+
+def test_the_approval_hash_is_keyed_by_the_run(tmp_path: Path) -> None:
+    """A plain hash of the arguments would let anyone test guesses of a sensitive one, even
+    after the run's data is erased; the run's key makes the hash useless without it."""
+    import hashlib
+
+    from baton.approvals import args_hash
+    from baton.journal import canonical_json
+
+    args = {"order_id": "1", "ssn": "078-05-1120"}
+    one, other = sealer("r1"), sealer("r2", key=b"o" * 32)  # every run has its own key
+    assert args_hash("t", args, one) == args_hash("t", args, sealer("r1"))
+    assert args_hash("t", args, one) != args_hash("t", args, other)
+    plain = hashlib.sha256(canonical_json({"tool": "t", "args": args}).encode()).hexdigest()
+    assert args_hash("t", args, one) != plain
+
+
+@tool
+def charge_card(ssn: Annotated[str, Sensitive], amount: float) -> str:
+    return "ok"
+
+
+@workflow
+def charge_badly(ctx: Context, ssn: Annotated[str, Sensitive]) -> str:
+    try:
+        ctx.call(charge_card, ssn, "not a number")  # positional, and invalid
+    except Exception:  # noqa: BLE001 - the failure is what is being tested
+        return "refused"
+    return "charged"
+
+
+def test_invalid_positional_arguments_are_sealed_by_parameter_name(tmp_path: Path) -> None:
+    with Baton(make_settings(tmp_path)) as baton:
+        record = baton.run(charge_badly, ssn="Q-5550-X")
+        assert baton.result(record.run_id) == "refused"
+        (started,) = [e for e in baton.events(record.run_id) if isinstance(e, ev.StepStarted)]
+        assert is_sealed(started.args["ssn"]) and started.args["amount"] == "'not a number'"
+    assert not any(b"Q-5550-X" in p.read_bytes() for p in tmp_path.glob("b.db*"))
+
+
+def test_a_changing_reason_is_not_journaled_again_on_every_resume(tmp_path: Path) -> None:
+    """A step that changed under a run makes it need attention, with a reason naming the new
+    step; the reason is stored redacted, and every later attempt must still see it as the
+    same reason rather than append another."""
+    flag = tmp_path / "changed"
+
+    @tool(idempotent=True)
+    def ping() -> str:
+        return "pong"
+
+    @workflow
+    def drifting(ctx: Context) -> Any:
+        if flag.exists():
+            return ctx.wait_for("for dan@example.com")
+        ctx.call(ping)
+        return ctx.wait_for("go")
+
+    with Baton(make_settings(tmp_path)) as baton:
+        run_id = baton.run(drifting).run_id
+        flag.write_text("x")
+        for _ in range(3):
+            assert baton.drive(run_id).status is RunStatus.NEEDS_ATTENTION
+        attention = [e for e in baton.events(run_id) if isinstance(e, ev.NeedsAttention)]
+        assert len(attention) == 1
+        assert "dan@example.com" not in attention[0].reason and "\u2039email\u203a" in attention[0].reason
+
+
+def test_master_key_mistakes_are_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    almost = base64.b64encode(os.urandom(31)).decode()  # a key of the wrong length
+    monkeypatch.setenv("BATON_MASTER_KEY", almost)
+    with pytest.raises(UsageError) as caught:
+        MasterKey.load(None)
+    assert almost not in caught.value.message  # never echoed
+    raw = tmp_path / "raw.key"
+    raw.write_bytes(os.urandom(32))  # raw bytes, not base64
+    monkeypatch.setenv("BATON_MASTER_KEY", str(raw))
+    with pytest.raises(UsageError, match="does not hold a master key"):
+        MasterKey.load(None)
+
+
+def test_a_database_copied_without_its_key_file_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BATON_MASTER_KEY", raising=False)
+    with Baton(make_settings(tmp_path)) as baton:
+        run_id = baton.run(contact, email="alice@example.com").run_id
+    (tmp_path / "b.db.master-key").unlink()
+    with Baton(make_settings(tmp_path)) as baton, pytest.raises(UsageError, match=r"key file .* is missing"):
+        baton.events(run_id, reveal=True)
+    assert not (tmp_path / "b.db.master-key").exists()  # no new key was made in its place
+
+
+def test_processes_racing_to_create_the_key_file_agree(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = tmp_path / "race.master-key"
+    with ThreadPoolExecutor(8) as pool:
+        ids = set(pool.map(lambda _: MasterKey.load(path).id, range(16)))
+    assert len(ids) == 1
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
+
+
+def test_a_run_from_before_data_keys_is_not_given_one_by_reading(tmp_path: Path) -> None:
+    with Baton(make_settings(tmp_path)) as baton:
+        run_id = baton.run(contact, email="nobody").run_id  # nothing sensitive, as before data keys
+        baton.cancel(run_id)
+        baton.drive(run_id)
+        # As a database upgraded from before data keys: the run has none.
+        conn = sqlite3.connect(tmp_path / "b.db")
+        conn.execute("DELETE FROM data_keys")
+        conn.commit()
+        conn.close()
+        baton.events(run_id, reveal=True)
+        assert baton.store.data_key(run_id) is None
+        with pytest.raises(UsageError, match="recorded before Baton sealed"):
+            baton.forget(run_id)

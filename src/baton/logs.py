@@ -57,7 +57,7 @@ class RunContext(logging.Filter):
     sensitive values in its message and traceback."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        known = tuple(_known.get())
+        known = _snapshot(_known.get())
         message = record.getMessage()
         clean = redact(message, known)
         if clean != message:
@@ -74,6 +74,15 @@ class RunContext(logging.Filter):
 
 
 _formatter = logging.Formatter()
+
+
+def _snapshot(values: set[str] | frozenset[str]) -> tuple[str, ...]:
+    """A copy of the run's declared values; a tool thread may add one while it is taken."""
+    while True:
+        try:
+            return tuple(values)
+        except RuntimeError:  # "set changed size during iteration": take it again
+            continue
 
 
 class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]

@@ -4,6 +4,7 @@ drives, signals and cancels runs. Tests create their own; nothing here is global
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +30,7 @@ from .journal import GENESIS_HASH, EncodedEvent, RunStatus, canonical_json, deco
 from .journal import events as ev
 from .logs import in_run
 from .sensitive import NO_HINTS, MasterKey, Sealer
+from .sensitive.keys import ENV as MASTER_ENV
 from .sensitive.vault import Vault
 from .settings import Settings
 from .store import NewRun, RunRecord, Store, open_store
@@ -62,6 +64,19 @@ class Claim:
     record: RunRecord
     previous_owner: str | None = None
     reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Forgotten:
+    """What :meth:`Baton.forget` did."""
+
+    run_id: str
+    erased_at: float
+    now: bool
+    """Erased by this call (``False``: it already had been)."""
+    clear_before: float | None = None
+    """For a run recorded before data keys existed: its events before this moment hold
+    their values in clear, and were not erased."""
 
 
 def new_run_id(now: float) -> str:
@@ -109,12 +124,18 @@ class Baton:
         if self._vault is None:
             path = getattr(self.store, "path", None)
             default = Path(f"{path}.master-key") if isinstance(path, Path) else None
+            if default is not None and not default.exists() and not os.environ.get(MASTER_ENV):
+                held = self.store.master_key_ids()
+                if held:  # a database copied without its key file: a new key would read nothing
+                    raise UsageError(f"this database's data keys were wrapped by master key {', '.join(sorted(held))}, "
+                                     f"but its key file {default} is missing; restore it, or set {MASTER_ENV}")
             self._vault = Vault(self.store, MasterKey.load(default))
         return self._vault
 
-    def sealer(self, run_id: str) -> Sealer:
-        """What seals and opens the run's sensitive values."""
-        return self.vault.sealer(run_id, self.clock.time())
+    def sealer(self, run_id: str, *, create: bool = True) -> Sealer:
+        """What seals and opens the run's sensitive values (``create``: give a run recorded
+        before data keys existed one now, to write with)."""
+        return self.vault.sealer(run_id, self.clock.time(), create=create)
 
     def close(self) -> None:
         close_notifier = getattr(self.governance.notifier, "close", None)
@@ -381,7 +402,9 @@ class Baton:
             raise UsageError(f"run {run_id} is {record.status.value}; it takes no more signals")
         json_text(data, "signal data")
         json_text(name, "the signal name")
-        sealed = self.sealer(run_id).seal_data(data)  # the inbox holds it as the journal will
+        # The inbox holds it encrypted whole: what in it is sensitive is decided when the run
+        # takes it, knowing what the run has declared.
+        sealed = self.sealer(run_id).seal_value(data, "signal")
         return self.store.send_signal(run_id, name, canonical_json(sealed), self.clock.time())
 
     def cancel(self, run_id: str) -> None:
@@ -511,7 +534,7 @@ class Baton:
         events = [decode(row, self.store.blob) for row in self.journal(run_id)]
         if not reveal:
             return events
-        sealer = self.sealer(run_id)
+        sealer = self.sealer(run_id, create=False)
         return [sealer.open(event) for event in events]
 
     def result(self, run_id: str) -> Any:
@@ -521,14 +544,14 @@ class Baton:
         if record.status is not RunStatus.COMPLETED:
             raise UsageError(f"run {run_id} is {record.status.value}, not completed: it has no result")
         last = decode(self.journal(run_id)[-1], self.store.blob)
-        opened = self.sealer(run_id).open(last)
+        opened = self.sealer(run_id, create=False).open(last)
         assert isinstance(opened, ev.RunCompleted)
         return opened.result
 
-    def forget(self, run_id: str) -> tuple[float, bool]:
+    def forget(self, run_id: str) -> Forgotten:
         """Erase a finished run's sensitive values by destroying its data key. The journal,
         its hashes and the signed checkpoints are untouched and still verify; the sealed
-        values become unreadable. Returns when they were erased, and whether by this call."""
+        values become unreadable."""
         try:
             run_id = self.resolve_run_id(run_id)
         except RunNotFound:
@@ -541,11 +564,15 @@ class Baton:
                                  "it finish before erasing its data")
         stored = self.store.data_key(run_id)
         if stored is None:
-            raise UsageError(f"run {run_id} has no data key: it stored no sensitive values")
+            raise UsageError(f"run {run_id} was recorded before Baton sealed sensitive values: they are stored "
+                             "in clear, and destroying a key cannot erase them")
         erased = self.store.erase_data_key(run_id, self.clock.time())
         after = self.store.data_key(run_id)
         assert after is not None and after.erased_at is not None
-        return after.erased_at, erased
+        # A key given to an older run when it was next written: what came before it is in clear.
+        run = self.store.get_run(run_id)
+        late = run is not None and stored.created_at > run.created_at + 1.0
+        return Forgotten(run_id, after.erased_at, erased, stored.created_at if late else None)
 
     def worker(self, *, concurrency: int = 1, listener: Listener | None = None) -> Worker:
         from .engine.worker import Worker

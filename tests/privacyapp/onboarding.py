@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from baton import Context, Sensitive, tool, workflow
 
 EMAIL = "alice.liddell@example.com"
-SSN = "078-05-1120"  # no detector knows it: declared sensitive
+SSN = "078-05-1120"  # declared sensitive (the SSN detector would catch it too)
 CARD = "4242 4242 4242 4242"
 PHONE = "+1 415 555 0100"
 AWS_KEY = "AKIAIOSFODNN7EXAMPLE"

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from ..journal import canonical_json
-from ..sensitive.seal import masked
+from ..sensitive.seal import Sealer, masked
 
 
-def args_hash(tool: str | None, args: dict[str, Any]) -> str:
-    """What an approval is bound to: the tool and its exact arguments."""
-    return hashlib.sha256(canonical_json({"tool": tool, "args": args}).encode()).hexdigest()
+def args_hash(tool: str | None, args: dict[str, Any], sealer: Sealer) -> str:
+    """What an approval is bound to: the tool and its exact arguments, hashed under the run's
+    key, so that the hash cannot be used to test guesses of a sensitive argument (before or
+    after the run's data is erased)."""
+    return sealer.fingerprint({"tool": tool, "args": args})
 
 
 @dataclass(frozen=True, slots=True)

@@ -303,9 +303,13 @@ def runs_forget(
         if not yes and sys.stdin.isatty() and not typer.confirm(
                 f"erase the sensitive values of run {run_id}? This cannot be undone"):
             raise typer.Exit(1)
-        erased_at, now = baton.forget(run_id)
-        when = datetime.fromtimestamp(erased_at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-        if not now:
+        done = baton.forget(run_id)
+        when = datetime.fromtimestamp(done.erased_at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        if done.clear_before is not None:
+            since = datetime.fromtimestamp(done.clear_before, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+            err.print(f"[yellow]warning:[/] run {run_id} was recorded before Baton sealed sensitive values; what "
+                      f"it recorded before {since} is stored in clear and was not erased", highlight=False)
+        if not done.now:
             out.print(f"run {run_id}: its sensitive values were already erased ({when})", highlight=False)
             return
         out.print(f"run {run_id}: its data key was destroyed ({when}); its sensitive values can no longer be "

@@ -134,7 +134,11 @@ class Calls:
         try:
             return tool.validate(tool.bind(args, kwargs))
         except ToolValidationError as error:
-            raw = {**{str(i): repr(v) for i, v in enumerate(args)}, **{k: repr(v) for k, v in kwargs.items()}}
+            try:  # by parameter name where possible, so that declared-sensitive ones are sealed
+                given = tool.bind(args, kwargs)
+            except ToolValidationError:
+                given = {**{str(i): v for i, v in enumerate(args)}, **kwargs}
+            raw = {k: repr(v) for k, v in given.items()}
             x.append([
                 ev.StepStarted(step_id=step_id, kind="call", name=tool.name, args=raw, attempt=0,
                                idempotency_key=idempotency_key(x.run_id, step_id), idempotent=tool.idempotent,
@@ -188,7 +192,7 @@ class Calls:
             raise Abort(BatonError("this run waits for an approval, but this runtime has no governance "
                                    "configured (baton.toml)", run_id=x.run_id, step_id=rec.step_id))
         approval_id = approval.request.approval_id
-        if args_hash(tool.name, args_json) != approval.request.args_hash:
+        if args_hash(tool.name, args_json, x.sealer) != approval.request.args_hash:
             withdrawn = ev.ApprovalWithdrawn(step_id=rec.step_id, approval_id=approval_id,
                                              reason="the workflow now asks for this step with other arguments")
             return self.admit(tool, rec.step_id, values, args_json, before=[withdrawn])

@@ -201,7 +201,7 @@ class Guard:
         period = expires_after or settings.expires_after
         request = ev.ApprovalRequested(
             step_id=step_id, approval_id=new_approval_id(), title=title, tool=tool, args=args_json,
-            args_hash=args_hash(tool, args_json), policies=list(policies),
+            args_hash=args_hash(tool, args_json, self.x.sealer), policies=list(policies),
             evidence=evidence if evidence is not None else self.x.evidence,
             requester=self.principal_id, tenant=self.tenant, approvers=list(approvers),
             expires_at=self.x.clock.time() + period, expires_after=period,

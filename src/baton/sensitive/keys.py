@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,7 +69,10 @@ class MasterKey:
             secret = _decode(configured)
             if secret is not None:
                 return cls(secret, ENV)
-            return cls.from_file(Path(configured), create=False)
+            if os.sep in configured or Path(configured).exists():
+                return cls.from_file(Path(configured), create=False)
+            # Never echo it: it may be a key in the wrong form.
+            raise UsageError(f"{ENV} must be {KEY_BYTES} bytes in base64, or the path of a file holding them")
         if default_file is None:
             return cls.generate()
         return cls.from_file(default_file, create=True)
@@ -75,20 +80,13 @@ class MasterKey:
     @classmethod
     def from_file(cls, path: Path, *, create: bool) -> MasterKey:
         if create and not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                pass  # another process made it first: read theirs
-            else:
-                with os.fdopen(fd, "w") as out:
-                    out.write(base64.b64encode(os.urandom(KEY_BYTES)).decode() + "\n")
-                    out.flush()
-                    os.fsync(out.fileno())
+            _create_key_file(path)
         try:
-            text = path.read_text().strip()
+            text = path.read_bytes().decode("ascii").strip()
         except OSError as exc:
             raise UsageError(f"cannot read the master key {path} ({ENV}): {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            text = ""
         secret = _decode(text)
         if secret is None:
             raise UsageError(f"{path} does not hold a master key ({KEY_BYTES} bytes in base64)")
@@ -106,6 +104,29 @@ class MasterKey:
         except InvalidUnwrap:
             raise UsageError(f"run {run_id}'s data key does not unwrap with master key {self.id}: "
                              "it was damaged") from None
+
+
+def _create_key_file(path: Path) -> None:
+    """Write a new key to a private temporary file, then link it into place: another
+    process starting at the same moment, or a crash half-way, never leaves an empty or
+    partial key behind (the link fails if the file appeared meanwhile: theirs is used)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600
+    temporary = Path(name)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(base64.b64encode(os.urandom(KEY_BYTES)).decode() + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        with contextlib.suppress(FileExistsError):  # theirs came first: it is the one used
+            os.link(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 def _decode(text: str) -> bytes | None:
@@ -133,6 +154,13 @@ class DataKey:
                        info=b"baton sealed values v1").derive(key)
         self._aead = AESGCM(derived[:KEY_BYTES])
         self._nonce_key = derived[KEY_BYTES:]
+        self._digest_key = HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None,
+                                info=b"baton fingerprints v1").derive(key)
+
+    def fingerprint(self, data: bytes) -> str:
+        """A keyed hash (HMAC-SHA256): comparable within the run, and, unlike a plain hash,
+        no way to test guesses once the key is destroyed."""
+        return hmac.new(self._digest_key, data, hashlib.sha256).hexdigest()
 
     def encrypt(self, plaintext: bytes, bound_to: bytes) -> bytes:
         nonce = hmac.new(self._nonce_key, bound_to + b"\0" + plaintext, hashlib.sha256).digest()[:NONCE_BYTES]

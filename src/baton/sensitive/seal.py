@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -63,20 +64,27 @@ def _marks(metadata: Iterable[Any]) -> bool:
     return any(m is Sensitive or isinstance(m, Sensitive) for m in metadata)
 
 
-def marked(annotation: Any) -> bool:
-    """Is ``annotation`` ``Annotated[..., Sensitive]``?"""
-    return get_origin(annotation) is Annotated and _marks(annotation.__metadata__)
+def marked(annotation: Any, depth: int = 0) -> bool:
+    """Is ``Sensitive`` anywhere in ``annotation``: ``Annotated[str, Sensitive]``, or inside
+    ``Optional[...]``, ``list[...]``, ``dict[str, ...]`` and the like (then the whole value
+    under that name is sealed)?"""
+    if depth > 8:
+        return False
+    if get_origin(annotation) is Annotated and _marks(annotation.__metadata__):
+        return True
+    return any(marked(arg, depth + 1) for arg in get_args(annotation))
 
 
 def _model_names(annotation: Any, depth: int = 0) -> set[str]:
-    """Keys of fields marked sensitive in the models ``annotation`` holds, at any depth."""
+    """Keys of fields marked sensitive in the models ``annotation`` holds, at any depth: the
+    field's name and its alias, since a model may be dumped under either."""
     found: set[str] = set()
     if depth > 8:
         return found
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         for name, info in annotation.model_fields.items():
             if _marks(info.metadata) or marked(info.annotation):
-                found.add(info.alias or name)
+                found |= {name, *(a for a in (info.alias, info.serialization_alias) if isinstance(a, str))}
             found |= _model_names(info.annotation, depth + 1)
         return found
     for arg in get_args(annotation):
@@ -137,6 +145,18 @@ class Sealer:
         """Declared-sensitive strings seen in this run, redacted from its free text."""
 
     # -- values -------------------------------------------------------------------------
+
+    def redact(self, text: str) -> str:
+        """Free text with detected values, and the run's declared ones, masked."""
+        return redact(text, tuple(self.known))
+
+    def fingerprint(self, value: Any) -> str:
+        """A hash of ``value`` under the run's key (plain SHA-256 for a run without one, which
+        holds nothing sensitive)."""
+        data = canonical_json(value).encode()
+        if self.key is None:
+            return hashlib.sha256(data).hexdigest()
+        return self.key.fingerprint(data)
 
     def _bound(self, kind: str) -> bytes:
         return f"{self.run_id}\0{kind}".encode()

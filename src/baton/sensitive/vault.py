@@ -25,9 +25,12 @@ class Vault:
         key = new_data_key()
         return self.master.wrap(key), Sealer(run_id, DataKey(key))
 
-    def sealer(self, run_id: str, now: float) -> Sealer:
-        """The run's sealer. A run that started before data keys existed gets one now."""
+    def sealer(self, run_id: str, now: float, *, create: bool = True) -> Sealer:
+        """The run's sealer. A run that started before data keys existed gets one when it is
+        next written to (``create``); until then it has nothing sealed to open."""
         stored = self.store.data_key(run_id)
+        if stored is None and not create:
+            return Sealer(run_id, None)
         if stored is None:
             self.store.add_data_key(run_id, self.new_key(), now)
             stored = self.store.data_key(run_id)

@@ -233,6 +233,10 @@ class Store(Protocol):
 
     def data_key(self, run_id: str) -> StoredKey | None: ...
 
+    def master_key_ids(self) -> set[str]:
+        """The ids of the master keys that wrapped the data keys held."""
+        ...
+
     def add_data_key(self, run_id: str, key: WrappedKey, now: float) -> None:
         """Give a run that has none a data key (a run older than data keys); a no-op if it
         has one, or had one."""

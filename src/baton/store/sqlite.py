@@ -611,6 +611,9 @@ class SqliteStore:
         key = WrappedKey(master_id, bytes(wrapped)) if wrapped is not None else None
         return StoredKey(key, created_at, erased_at)
 
+    def master_key_ids(self) -> set[str]:
+        return {row[0] for row in self._query("SELECT DISTINCT master_id FROM data_keys WHERE wrapped IS NOT NULL")}
+
     def add_data_key(self, run_id: str, key: WrappedKey, now: float) -> None:
         with self._tx() as conn:
             conn.execute("INSERT OR IGNORE INTO data_keys (run_id, master_id, wrapped, created_at) "
