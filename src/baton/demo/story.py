@@ -12,7 +12,6 @@ import time
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.rule import Rule
@@ -117,17 +116,21 @@ def _approval(baton: Baton, run_id: str, console: Console, command: str, env_pre
         time.sleep(0.2)
 
 
-def _sealed_check(baton: Baton, run_id: str, db_path: Path, order: dict[str, Any] | None) -> tuple[bool, str]:
+def _sealed_check(baton: Baton, run_id: str, db_path: Path, services: Services) -> tuple[bool, str]:
     """The customer's e-mail address went through three steps: the database files hold it only
-    encrypted, while the run itself reads it back."""
+    encrypted, while the run itself (the worker that took over after the kill) read it back
+    and sent the receipt to it."""
+    order = services.order("98765")
     email = str(order["email"]) if order else "?"
     on_disk = b"".join(p.read_bytes() for p in db_path.parent.glob(db_path.name + "*")
                        if not p.name.endswith(".master-key"))
     opened = json.dumps([e.to_json() for e in baton.events(run_id, reveal=True)])
-    ok = email.encode() not in on_disk and email in opened
+    sent_to = {recipient for recipient, _ in services.emails()}
+    ok = email.encode() not in on_disk and email in opened and sent_to == {email}
     return ok, (f"the customer's e-mail address is stored only encrypted with the run's own key (shown as "
-                f"{mask_of('email')}; 0 readable copies in the database files); `baton runs forget {run_id}` "
-                "would erase it and leave the record verifiable")
+                f"{mask_of('email')}; 0 readable copies in the database files), yet the worker that took over "
+                f"sent the receipt to it; `baton runs forget {run_id}` would erase it and leave the record "
+                "verifiable")
 
 
 def _story(console: Console, *, root: Path, interactive: bool) -> int:
@@ -231,7 +234,7 @@ def _story(console: Console, *, root: Path, interactive: bool) -> int:
          "the receipt e-mail failed once (SMTP 421) and the retry delivered it"),
         (len(notes) == 1, f"ticket T-4321 got one CRM note: {notes[0][1] if notes else '-'}"),
         (record.status.value == "completed", f"the run {status_text(record.status.value)}"),
-        _sealed_check(baton, run_id, db_path, services.order("98765")),
+        _sealed_check(baton, run_id, db_path, services),
     ]
     signing_key = load_private(str(private_key))
     assert signing_key is not None
