@@ -405,11 +405,12 @@ def test_a_changing_reason_is_not_journaled_again_on_every_resume(tmp_path: Path
 
 
 def test_master_key_mistakes_are_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    almost = base64.b64encode(os.urandom(31)).decode()  # a key of the wrong length
-    monkeypatch.setenv("BATON_MASTER_KEY", almost)
-    with pytest.raises(UsageError) as caught:
-        MasterKey.load(None)
-    assert almost not in caught.value.message  # never echoed
+    for size in (16, 24, 31, 33, 48, 64) * 20:  # keys of the wrong length, some with "/" in them
+        almost = base64.b64encode(os.urandom(size)).decode()
+        monkeypatch.setenv("BATON_MASTER_KEY", almost)
+        with pytest.raises(UsageError) as caught:
+            MasterKey.load(None)
+        assert almost not in caught.value.message  # never echoed
     raw = tmp_path / "raw.key"
     raw.write_bytes(os.urandom(32))  # raw bytes, not base64
     monkeypatch.setenv("BATON_MASTER_KEY", str(raw))

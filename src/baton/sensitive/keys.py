@@ -69,10 +69,10 @@ class MasterKey:
             secret = _decode(configured)
             if secret is not None:
                 return cls(secret, ENV)
-            if os.sep in configured or Path(configured).exists():
-                return cls.from_file(Path(configured), create=False)
-            # Never echo it: it may be a key in the wrong form.
-            raise UsageError(f"{ENV} must be {KEY_BYTES} bytes in base64, or the path of a file holding them")
+            if _base64_of_some_length(configured) or not (os.sep in configured or Path(configured).exists()):
+                # Never echo it: it may be a key in the wrong form.
+                raise UsageError(f"{ENV} must be {KEY_BYTES} bytes in base64, or the path of a file holding them")
+            return cls.from_file(Path(configured), create=False)
         if default_file is None:
             return cls.generate()
         return cls.from_file(default_file, create=True)
@@ -127,6 +127,14 @@ def _create_key_file(path: Path) -> None:
         os.fsync(folder)
     finally:
         os.close(folder)
+
+
+def _base64_of_some_length(text: str) -> bool:
+    """Meant as a key rather than a path (a path has dots, or does not pad to base64)?"""
+    try:
+        return len(text) >= 16 and len(text) % 4 == 0 and bool(base64.b64decode(text, validate=True))
+    except (binascii.Error, ValueError):
+        return False
 
 
 def _decode(text: str) -> bytes | None:
