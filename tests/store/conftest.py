@@ -5,22 +5,26 @@ factory that, given a scratch directory, returns a :class:`Backend`: a way to op
 objects on one fresh database, its URL (for other processes), and raw SQL access for the
 few checks the ``Store`` interface cannot express (the ``schema_migrations`` table).
 
-Adding PostgreSQL is one factory function and one line in :data:`BACKENDS`.
+PostgreSQL runs in a schema of its own per test, in one database per session.
 """
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import psycopg
 import pytest
 
 from baton.store import SqliteStore, Store
 from baton.store import migrations as migrations_module
 from baton.store.migrations import Migration
+from baton.store.postgres import PostgresStore
+from pg_support import create_database, drop_database, schema_url
 
 
 class MigratingStore(Store, Protocol):
@@ -86,14 +90,39 @@ def sqlite_backend(tmp_path: Path) -> Backend:
     )
 
 
+def postgres_backend(tmp_path: Path, database: str) -> Backend:
+    schema = f"t_{secrets.token_hex(6)}"
+    url = schema_url(database, schema)
+
+    def query(sql: str) -> list[tuple[Any, ...]]:
+        with psycopg.connect(url, autocommit=True) as conn:
+            return conn.execute(sql).fetchall()
+
+    def execute(sql: str) -> None:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(sql)
+
+    return Backend(name="postgres", url=url, connect=lambda: PostgresStore(url), query=query, execute=execute)
+
+
 BACKENDS: Sequence[Any] = [
     pytest.param(sqlite_backend, id="sqlite"),
+    pytest.param(postgres_backend, id="postgres"),
 ]
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    name = create_database()
+    yield name
+    drop_database(name)
 
 
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    made: Backend = request.param(tmp_path)
+    factory = request.param
+    made: Backend = (factory(tmp_path, request.getfixturevalue("postgres_database"))
+                     if factory is postgres_backend else factory(tmp_path))
     yield made
     made.close()
 

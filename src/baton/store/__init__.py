@@ -23,5 +23,7 @@ def open_store(url: str, *, durability: Durability = "full") -> Store:
     if url.startswith("sqlite:"):
         return SqliteStore(sqlite_path(url), durability=durability)
     if url.startswith(("postgresql:", "postgres:")):
-        raise UsageError("PostgreSQL storage is not available in this version of Baton")
-    raise UsageError(f"unsupported database URL {url!r}: expected sqlite:///PATH")
+        from .postgres import PostgresStore  # psycopg is loaded only when it is used
+
+        return PostgresStore(url)
+    raise UsageError(f"unsupported database URL {url!r}: expected sqlite:///PATH or postgresql://…")

@@ -9,7 +9,8 @@ cancellation requests sent from outside. Encoding, hashing and folding events li
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Collection, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
@@ -142,6 +143,18 @@ class Store(Protocol):
     def runnable(self, now: float, limit: int = 10) -> list[RunRecord]:
         """Runs that a worker could claim now, lease permitting (including ones whose owner
         may be dead: the caller checks)."""
+        ...
+
+    def claim_runnable(self, owner: str, now: float, lease_seconds: float, limit: int,
+                       exclude: Collection[str] = ()) -> list[tuple[str, str | None]]:
+        """Atomically take the lease on up to ``limit`` runnable runs that nobody holds (or
+        whose lease ran out), oldest first, passing over those another worker is claiming
+        at the same moment. Returns each run id with the owner whose lease expired, if any."""
+        ...
+
+    def wait_for_work(self, timeout: float, stop: threading.Event) -> None:
+        """Return when a run may have become runnable, when ``stop`` is set, or after
+        ``timeout`` seconds, whichever is first (a store without notifications polls)."""
         ...
 
     def owned_runs(self) -> list[RunRecord]:

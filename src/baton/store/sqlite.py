@@ -1,152 +1,37 @@
 """The embedded store: one SQLite file in WAL mode.
 
-Every append is one ``BEGIN IMMEDIATE`` transaction: the journal rows, whose primary key
-``(run_id, seq)`` is the fencing token (a stale writer's ``seq`` already exists), and, when
-the run's status changes, the index update. With ``durability="full"``
-(the default) each commit is fsync'd; ``"normal"`` survives a crashed process but may lose
-the last commits on power loss.
+Each transaction is ``BEGIN IMMEDIATE``: one writer at a time, in any number of processes.
+With ``durability="full"`` (the default) each commit is fsync'd; ``"normal"`` survives a
+crashed process but may lose the last commits on power loss. The queries are
+:class:`~baton.store.sql.SqlStore`'s.
 """
 
 from __future__ import annotations
 
-import functools
-import json
 import sqlite3
 import threading
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
-from ..approvals import ApprovalRecord
-from ..audit.checkpoints import Checkpoint
-from ..errors import AppendConflict, BlobMissing, MigrationError, StoreError
-from ..journal import BLOB_CODEC, EncodedEvent, IndexUpdate, RunStatus, canonical_json
-from ..journal import events as ev
-from ..journal.blobs import references
-from ..sensitive.keys import WrappedKey
-from . import migrations
-from .base import NewRun, RunRecord, Signal, StoredKey, Taken
+from ..errors import StoreError
+from .sql import SqlStore
 
 Durability = Literal["full", "normal"]
 
-_RUN_COLUMNS = (
-    "runs.run_id, workflow, workflow_ref, status, created_at, updated_at, "
-    "COALESCE(head.seq, 0), COALESCE(head.hash, ''), anchor_seq, anchor_hash, "
-    "principal, tenant, wake_at, waiting_for, outcome, owner, lease_expires_at, cancel_requested"
-)
-# Each run with its journal's last event (one primary-key probe per run).
-_RUNS = (
-    "runs LEFT JOIN events AS head ON head.run_id = runs.run_id AND head.seq = "
-    "(SELECT MAX(seq) FROM events AS e WHERE e.run_id = runs.run_id)"
-)
-_TERMINAL = "(" + ", ".join(f"'{s.value}'" for s in RunStatus if s.terminal) + ")"
-_RUNNABLE = f"""
-    (status IN ('pending', 'running')
-     OR (status = 'sleeping' AND wake_at <= :now)
-     OR (status = 'waiting' AND (wake_at <= :now OR EXISTS (
-            SELECT 1 FROM signals s
-            WHERE s.run_id = runs.run_id AND s.name = runs.waiting_for AND s.consumed = 0)))
-     OR (cancel_requested = 1 AND status NOT IN {_TERMINAL}))
-"""
 
-
-_MAX_ROWS = 16
-
-
-@functools.lru_cache(maxsize=_MAX_ROWS)
-def _insert_sql(count: int) -> str:
-    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * count)
-    return f"INSERT INTO events (run_id, seq, type, at, data, hash, codec) VALUES {values}"
-
-
-_APPROVAL_COLUMNS = (
-    "approval_id, run_id, step_id, tenant, requester, title, tool, request, approvers, status, "
-    "created_at, expires_at, escalated, decided_by, decided_at, reason, consumed_at"
-)
-
-
-def _approval(row: tuple[Any, ...]) -> ApprovalRecord:
-    request = json.loads(row[7])
-    return ApprovalRecord(
-        approval_id=row[0], run_id=row[1], step_id=row[2], tenant=row[3], requester=row[4], title=row[5],
-        tool=row[6], args=request.get("args", {}), policies=request.get("policies", []),
-        evidence=request.get("evidence"), approvers=json.loads(row[8]), status=row[9], created_at=row[10],
-        expires_at=row[11], escalated=bool(row[12]), decided_by=row[13], decided_at=row[14],
-        reason=row[15], consumed_at=row[16], escalate_to=request.get("escalate_to", []),
-    )
-
-
-def _apply_approval(conn: sqlite3.Connection, run_id: str, event: ev.Event, now: float) -> None:
-    """Keep the approvals index in step with an approval event being appended. A decision
-    on a request that is no longer pending, or a second consumption, is a conflict."""
-    match event:
-        case ev.ApprovalRequested():
-            conn.execute(
-                f"INSERT INTO approvals ({_APPROVAL_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, 0, NULL, NULL, NULL, NULL)",
-                (event.approval_id, run_id, event.step_id, event.tenant, event.requester, event.title,
-                 event.tool, event.encoded(), canonical_json(event.approvers), now, event.expires_at),
-            )
-            return
-        case ev.ApprovalGranted() | ev.ApprovalDenied():
-            status = "approved" if isinstance(event, ev.ApprovalGranted) else (
-                "denied" if event.by is not None else "expired")
-            cur = conn.execute(
-                "UPDATE approvals SET status = ?, decided_by = ?, decided_at = ?, reason = ? "
-                "WHERE approval_id = ? AND run_id = ? AND status = 'pending'",
-                (status, event.by, now, event.reason, event.approval_id, run_id),
-            )
-        case ev.ApprovalEscalated():
-            cur = conn.execute(  # the new approvers have not been told yet
-                "UPDATE approvals SET approvers = ?, expires_at = ?, escalated = 1, notified_at = NULL "
-                "WHERE approval_id = ? AND run_id = ? AND status = 'pending'",
-                (canonical_json(event.approvers), event.expires_at, event.approval_id, run_id),
-            )
-        case ev.ApprovalConsumed():
-            cur = conn.execute(
-                "UPDATE approvals SET consumed_at = ? "
-                "WHERE approval_id = ? AND run_id = ? AND status = 'approved' AND consumed_at IS NULL",
-                (now, event.approval_id, run_id),
-            )
-        case ev.ApprovalWithdrawn():
-            cur = conn.execute(
-                "UPDATE approvals SET status = 'withdrawn', reason = ? "
-                "WHERE approval_id = ? AND run_id = ? AND status IN ('pending', 'approved', 'denied', 'expired') "
-                "AND consumed_at IS NULL",
-                (event.reason, event.approval_id, run_id),
-            )
-        case _:
-            return
-    if cur.rowcount == 1:
-        return
-    approval_id = getattr(event, "approval_id", "?")
-    if isinstance(event, ev.ApprovalGranted | ev.ApprovalDenied) and event.by is not None:
-        # Two people deciding at once: the second is a stale writer, like any other.
-        raise AppendConflict(f"approval {approval_id} of run {run_id} was already decided", run_id=run_id)
-    raise StoreError(f"approval {approval_id} of run {run_id}: the approvals index does not match the "
-                     f"journal ({event.type_name}); nothing was written", run_id=run_id)
-
-
-def _run(row: tuple[Any, ...]) -> RunRecord:
-    return RunRecord(
-        run_id=row[0], workflow=row[1], workflow_ref=row[2], status=RunStatus(row[3]),
-        created_at=row[4], updated_at=row[5], head_seq=row[6], head_hash=row[7],
-        anchor_seq=row[8], anchor_hash=row[9], principal=row[10], tenant=row[11],
-        wake_at=row[12], waiting_for=row[13], outcome=row[14], owner=row[15],
-        lease_expires_at=row[16], cancel_requested=bool(row[17]),
-    )
-
-
-class SqliteStore:
+class SqliteStore(SqlStore):
     """A :class:`~baton.store.base.Store` backed by one SQLite file."""
 
     backend = "sqlite"
+    integrity_errors = (sqlite3.IntegrityError,)
+    db_errors = (sqlite3.Error,)
 
     def __init__(self, path: str | Path, *, durability: Durability = "full",
                  busy_timeout: float = 30.0, migrate: bool = True) -> None:
         self.path = Path(path)
+        self.location = str(self.path)
         self.durability = durability
         self._busy_ms = int(busy_timeout * 1000)
         self._local = threading.local()
@@ -174,6 +59,15 @@ class SqliteStore:
             with self._lock:
                 self._all.append(conn)
         return conn
+
+    @contextmanager
+    def _autocommit(self) -> Iterator[sqlite3.Connection]:
+        try:
+            yield self._conn()
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.Error as exc:
+            raise StoreError(f"database {self.path}: {exc}", retryable=True) from exc
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -220,404 +114,13 @@ class SqliteStore:
             self._all.clear()
         self._local = threading.local()
 
-    # -- migrations -----------------------------------------------------------------
+    def _lock_migrations(self, conn: sqlite3.Connection) -> None:
+        """Nothing to do: ``BEGIN IMMEDIATE`` already admits one writer."""
 
-    def schema_version(self) -> int:
-        has_table = self._query(
-            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='schema_migrations'"
-        )
-        if not has_table:
-            return 0
-        return int(self._query("SELECT MAX(version) FROM schema_migrations")[0][0] or 0)
+    def _migrations_applied(self) -> bool:
+        return bool(self._query("SELECT 1 FROM sqlite_master WHERE type='table' AND name='schema_migrations'"))
 
-    def pending_migrations(self) -> list[migrations.Migration]:
-        current = self.schema_version()
-        return [m for m in migrations.load("sqlite") if m.version > current]
-
-    def migrate(self) -> list[migrations.Migration]:
-        known = migrations.load("sqlite")
-        if self.schema_version() == len(known):
-            return []  # up to date: no write lock needed
-        applied = []
-        with self._tx() as conn:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
-            )
-            current = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()[0]
-            known = migrations.load("sqlite")
-            if current > len(known):
-                raise MigrationError(
-                    f"database {self.path} is at schema version {current}, newer than this "
-                    f"Baton knows ({len(known)}); upgrade Baton"
-                )
-            for migration in known[current:]:
-                try:
-                    for statement in migration.statements():
-                        conn.execute(statement)
-                except sqlite3.Error as exc:
-                    raise MigrationError(
-                        f"migration {migration.version:04d}_{migration.name} failed: {exc}"
-                    ) from exc
-                conn.execute(
-                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
-                    (migration.version, migration.name, time.time()),
-                )
-                applied.append(migration)
-        return applied
-
-    # -- journal --------------------------------------------------------------------
-
-    def create_run(self, run: NewRun, first: Sequence[EncodedEvent], update: IndexUpdate) -> None:
-        head = first[-1]
-        status = (update.status or RunStatus.PENDING).value
-        try:
-            with self._tx() as conn:
-                conn.execute(
-                    "INSERT INTO runs (run_id, workflow, workflow_ref, status, created_at, "
-                    "updated_at, anchor_seq, anchor_hash, principal, tenant) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (run.run_id, run.workflow, run.workflow_ref, status, run.created_at,
-                     run.created_at, head.seq, head.hash, run.principal, run.tenant),
-                )
-                self._insert(conn, first)
-                self._insert_blobs(conn, update.blobs)
-                if run.data_key is not None:
-                    conn.execute("INSERT INTO data_keys (run_id, master_id, wrapped, created_at) VALUES (?, ?, ?, ?)",
-                                 (run.run_id, run.data_key.master_id, run.data_key.wrapped, run.created_at))
-        except sqlite3.IntegrityError as exc:
-            raise AppendConflict(f"run {run.run_id} already exists", run_id=run.run_id) from exc
-
-    def append(self, run_id: str, expected_head: int, rows: Sequence[EncodedEvent],
-               update: IndexUpdate, now: float) -> None:
-        if rows[0].seq != expected_head + 1:
-            raise AppendConflict(
-                f"append to run {run_id} must start at seq {expected_head + 1}, not {rows[0].seq}",
-                run_id=run_id,
-            )
-        conn = self._conn()
-        try:
-            if update.status is None and not (update.consumed_signals or update.approvals or update.usage
-                                              or update.blobs) and len(rows) <= _MAX_ROWS:
-                # The common case, a step of a running run: one statement is one transaction.
-                self._insert(conn, rows)
-                return
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._insert(conn, rows)
-                self._insert_blobs(conn, update.blobs)
-                if update.status is not None:
-                    head = rows[-1]
-                    conn.execute(
-                        "UPDATE runs SET anchor_seq = ?, anchor_hash = ?, updated_at = ?, status = ?, "
-                        "wake_at = ?, waiting_for = ?, outcome = ? WHERE run_id = ?",
-                        (head.seq, head.hash, now, update.status.value, update.wake_at,
-                         update.waiting_for, update.outcome, run_id),
-                    )
-                for signal_id in update.consumed_signals:
-                    consumed = conn.execute(
-                        "UPDATE signals SET consumed = 1 "
-                        "WHERE signal_id = ? AND run_id = ? AND consumed = 0",
-                        (signal_id, run_id),
-                    )
-                    if consumed.rowcount != 1:
-                        raise AppendConflict(
-                            f"signal {signal_id} of run {run_id} is already consumed", run_id=run_id
-                        )
-                for event in update.approvals:
-                    _apply_approval(conn, run_id, event, now)
-                for used in update.usage:
-                    conn.execute(
-                        "INSERT OR IGNORE INTO tool_usage (run_id, step_id, tenant, principal, tool, cost, at) "
-                        "SELECT run_id, ?, tenant, principal, ?, ?, ? FROM runs WHERE run_id = ?",
-                        (used.step_id, used.tool, used.cost, now, run_id),
-                    )
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:  # also when COMMIT itself failed
-                    conn.execute("ROLLBACK")
-                raise
-        except sqlite3.IntegrityError as exc:
-            if self.get_run(run_id) is None:
-                raise AppendConflict(f"run {run_id} does not exist", run_id=run_id) from exc
-            raise AppendConflict(
-                f"run {run_id} has moved past seq {expected_head}: another worker owns it now",
-                run_id=run_id,
-            ) from exc
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot append to run {run_id}: {exc}", run_id=run_id, retryable=True) from exc
-
-    @staticmethod
-    def _insert(conn: sqlite3.Connection, rows: Sequence[EncodedEvent]) -> None:
-        """Insert journal rows, up to ``_MAX_ROWS`` per statement (a statement is atomic)."""
-        for start in range(0, len(rows), _MAX_ROWS):
-            chunk = rows[start : start + _MAX_ROWS]
-            conn.execute(_insert_sql(len(chunk)), [v for row in chunk for v in row])
-
-    @staticmethod
-    def _insert_blobs(conn: sqlite3.Connection, blobs: dict[str, str]) -> None:
-        if blobs:
-            conn.executemany("INSERT OR IGNORE INTO blobs (hash, data) VALUES (?, ?)", blobs.items())
-
-    def blob(self, digest: str) -> str:
-        rows = self._query("SELECT data FROM blobs WHERE hash = ?", (digest,))
-        if not rows:
-            raise BlobMissing(f"the large value {digest[:12]}… that an event refers to is missing from {self.path}")
-        return str(rows[0][0])
-
-    def blob_bytes(self) -> int:
-        return int(self._query("SELECT COALESCE(SUM(LENGTH(CAST(data AS BLOB))), 0) FROM blobs")[0][0])
-
-    def read(self, run_id: str, after_seq: int = 0) -> list[EncodedEvent]:
-        rows = self._query(
-            "SELECT run_id, seq, type, at, data, hash, codec FROM events "
-            "WHERE run_id = ? AND seq > ? ORDER BY seq",
-            (run_id, after_seq),
-        )
-        return [EncodedEvent(*row) for row in rows]
-
-    # -- the run index --------------------------------------------------------------
-
-    def get_run(self, run_id: str) -> RunRecord | None:
-        rows = self._query(f"SELECT {_RUN_COLUMNS} FROM {_RUNS} WHERE runs.run_id = ?", (run_id,))
-        return _run(rows[0]) if rows else None
-
-    def find_run(self, prefix: str) -> list[str]:
-        # A range, not LIKE: exact (case-sensitive, no wildcards) on every backend, and indexed.
-        rows = self._query(
-            "SELECT run_id FROM runs WHERE run_id >= ? AND run_id < ? ORDER BY run_id LIMIT 10",
-            (prefix, prefix + "\U0010ffff"),
-        )
-        return [r[0] for r in rows]
-
-    def list_runs(self, *, status: RunStatus | None = None, limit: int = 50) -> list[RunRecord]:
-        if status is None:
-            cur = self._query(
-                f"SELECT {_RUN_COLUMNS} FROM {_RUNS} ORDER BY created_at DESC LIMIT ?", (limit,)
-            )
-        else:
-            cur = self._query(
-                f"SELECT {_RUN_COLUMNS} FROM {_RUNS} WHERE status = ? "
-                "ORDER BY created_at DESC LIMIT ?",
-                (status.value, limit),
-            )
-        return [_run(row) for row in cur]
-
-    def all_run_ids(self) -> list[str]:
-        return [r[0] for r in self._query("SELECT run_id FROM runs ORDER BY created_at")]
-
-    # -- leases ---------------------------------------------------------------------
-
-    def claim(self, run_id: str, owner: str, now: float, lease_seconds: float,
-              expected_owner: str | None = None) -> Taken | None:
-        with self._tx() as conn:
-            row = conn.execute("SELECT owner, lease_expires_at FROM runs WHERE run_id = ?",
-                               (run_id,)).fetchone()
-            if row is None:
-                return None
-            holder, expires = row
-            free = holder is None or holder == owner or (expires is not None and expires < now)
-            if not (free or (expected_owner is not None and holder == expected_owner)):
-                return None
-            conn.execute("UPDATE runs SET owner = ?, lease_expires_at = ? WHERE run_id = ?",
-                         (owner, now + lease_seconds, run_id))
-            return Taken(None if holder == owner else holder)
-
-    def runnable(self, now: float, limit: int = 10) -> list[RunRecord]:
-        cur = self._query(
-            f"SELECT {_RUN_COLUMNS} FROM {_RUNS} WHERE {_RUNNABLE} "
-            "AND (owner IS NULL OR lease_expires_at < :now) "
-            "ORDER BY created_at LIMIT :limit",
-            {"now": now, "limit": limit},
-        )
-        return [_run(row) for row in cur]
-
-    def owned_runs(self) -> list[RunRecord]:
-        cur = self._query(
-            f"SELECT {_RUN_COLUMNS} FROM {_RUNS} WHERE owner IS NOT NULL "
-            f"AND status NOT IN {_TERMINAL}"
-        )
-        return [_run(row) for row in cur]
-
-    def renew(self, owner: str, run_ids: Sequence[str], now: float,
-              lease_seconds: float) -> dict[str, bool]:
-        if not run_ids:
-            return {}
-        marks = ",".join("?" * len(run_ids))
-        with self._tx() as conn:
-            conn.execute(
-                f"UPDATE runs SET lease_expires_at = ? WHERE owner = ? AND run_id IN ({marks})",
-                (now + lease_seconds, owner, *run_ids),
-            )
-            cur = conn.execute(
-                f"SELECT run_id, cancel_requested FROM runs WHERE owner = ? AND run_id IN ({marks})",
-                (owner, *run_ids),
-            )
-            return {r[0]: bool(r[1]) for r in cur}
-
-    def release(self, run_id: str, owner: str) -> None:
-        with self._tx() as conn:
-            conn.execute(
-                "UPDATE runs SET owner = NULL, lease_expires_at = NULL, "
-                "anchor_seq = COALESCE((SELECT seq FROM events WHERE run_id = :run "
-                "  ORDER BY seq DESC LIMIT 1), anchor_seq), "
-                "anchor_hash = COALESCE((SELECT hash FROM events WHERE run_id = :run "
-                "  ORDER BY seq DESC LIMIT 1), anchor_hash) "
-                "WHERE run_id = :run AND owner = :owner",
-                {"run": run_id, "owner": owner},
-            )
-
-    # -- governance -----------------------------------------------------------------
-
-    def get_approval(self, approval_id: str) -> ApprovalRecord | None:
-        rows = self._query(f"SELECT {_APPROVAL_COLUMNS} FROM approvals WHERE approval_id = ?", (approval_id,))
-        return _approval(rows[0]) if rows else None
-
-    def find_approval(self, prefix: str, tenant: str | None = None) -> list[str]:
-        scope = "" if tenant is None else "AND tenant = ? "
-        rows = self._query(
-            f"SELECT approval_id FROM approvals WHERE approval_id >= ? AND approval_id < ? {scope}"
-            "ORDER BY approval_id LIMIT 10",
-            (prefix, prefix + "\U0010ffff", *(() if tenant is None else (tenant,))),
-        )
-        return [r[0] for r in rows]
-
-    def list_approvals(self, *, status: str | None = "pending", tenant: str | None = None,
-                       run_id: str | None = None, limit: int = 100) -> list[ApprovalRecord]:
-        clauses, params = [], []
-        for column, value in (("status", status), ("tenant", tenant), ("run_id", run_id)):
-            if value is not None:
-                clauses.append(f"{column} = ?")
-                params.append(value)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        rows = self._query(
-            f"SELECT {_APPROVAL_COLUMNS} FROM approvals {where} ORDER BY created_at LIMIT ?", (*params, limit)
-        )
-        return [_approval(row) for row in rows]
-
-    def mark_notified(self, approval_id: str, now: float) -> None:
-        with self._tx() as conn:
-            conn.execute("UPDATE approvals SET notified_at = ? WHERE approval_id = ?", (now, approval_id))
-
-    def unnotified(self, created_before: float, limit: int = 20) -> list[tuple[str, ev.ApprovalRequested]]:
-        rows = self._query(
-            "SELECT run_id, request, approvers, expires_at FROM approvals "
-            "WHERE notified_at IS NULL AND status = 'pending' AND created_at < ? ORDER BY created_at LIMIT ?",
-            (created_before, limit),
-        )
-        found = []
-        for run_id, request, approvers, expires_at in rows:
-            event = ev.ApprovalRequested.model_validate_json(request)  # as asked, with any escalation
-            found.append((run_id, event.model_copy(update={"approvers": json.loads(approvers),
-                                                            "expires_at": expires_at})))
-        return found
-
-    def tool_usage(self, tenant: str | None, principal: str | None, tool: str, since: float) -> tuple[int, float]:
-        """How many calls of ``tool`` completed for ``principal`` since ``since``, and their cost."""
-        if tenant is None or principal is None:
-            return 0, 0.0  # calls are counted per principal: a run without one has no history
-        row = self._query(
-            "SELECT COUNT(*), COALESCE(SUM(cost), 0) FROM tool_usage "
-            "WHERE tenant = ? AND principal = ? AND tool = ? AND at >= ?",
-            (tenant, principal, tool, since),
-        )[0]
-        return int(row[0]), float(row[1])
-
-    # -- audit ----------------------------------------------------------------------
-
-    def run_heads(self) -> dict[str, tuple[int, str]]:
-        rows = self._query(
-            "SELECT e.run_id, e.seq, e.hash FROM events AS e "
-            "WHERE e.seq = (SELECT MAX(seq) FROM events AS m WHERE m.run_id = e.run_id)"
-        )
-        return {r[0]: (r[1], r[2]) for r in rows}
-
-    def event_bounds(self) -> dict[str, tuple[int, int]]:
-        rows = self._query("SELECT run_id, MIN(seq), MAX(seq) FROM events GROUP BY run_id")
-        return {r[0]: (r[1], r[2]) for r in rows}
-
-    def checkpointed_heads(self) -> dict[str, tuple[int, int]]:
-        return {r[0]: (r[1], r[2]) for r in self._query("SELECT run_id, seq, checkpoint FROM checkpoint_heads")}
-
-    def last_checkpoint(self) -> Checkpoint | None:
-        rows = self._query("SELECT seq, body, hash, signature FROM checkpoints ORDER BY seq DESC LIMIT 1")
-        return Checkpoint(*rows[0]) if rows else None
-
-    def checkpoints(self) -> list[Checkpoint]:
-        return [Checkpoint(*r) for r in self._query("SELECT seq, body, hash, signature FROM checkpoints ORDER BY seq")]
-
-    def add_checkpoint(self, checkpoint: Checkpoint, now: float) -> None:
-        try:
-            with self._tx() as conn:
-                conn.execute("INSERT INTO checkpoints (seq, created_at, body, hash, signature) VALUES (?, ?, ?, ?, ?)",
-                             (checkpoint.seq, now, checkpoint.body, checkpoint.hash, checkpoint.signature))
-                conn.executemany(
-                    "INSERT INTO checkpoint_heads (run_id, seq, hash, checkpoint) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (run_id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, "
-                    "checkpoint = excluded.checkpoint",
-                    [(run_id, seq, head, checkpoint.seq) for run_id, seq, head in checkpoint.heads],
-                )
-        except sqlite3.IntegrityError as exc:
-            raise AppendConflict(f"checkpoint {checkpoint.seq} was written by another process") from exc
-
-    # -- retention --------------------------------------------------------------------
-
-    def finished_runs(self, before: float, limit: int = 100_000) -> list[RunRecord]:
-        cur = self._query(
-            f"SELECT {_RUN_COLUMNS} FROM {_RUNS} WHERE status IN {_TERMINAL} AND updated_at < ? "
-            "ORDER BY updated_at LIMIT ?",
-            (before, limit),
-        )
-        return [_run(row) for row in cur]
-
-    def prune(self, runs: Sequence[RunRecord], archive: str, now: float) -> int:
-        with self._tx() as conn:
-            for run in runs:
-                head = conn.execute("SELECT seq, hash FROM events WHERE run_id = ? ORDER BY seq DESC LIMIT 1",
-                                    (run.run_id,)).fetchone()
-                if head is None or (head[0], head[1]) != (run.head_seq, run.head_hash):
-                    raise AppendConflict(f"run {run.run_id} changed while it was being archived", run_id=run.run_id)
-                conn.execute("INSERT INTO pruned_runs (run_id, head_seq, head_hash, archive, pruned_at) "
-                             "VALUES (?, ?, ?, ?, ?)", (run.run_id, head[0], head[1], archive, now))
-                for table in ("events", "signals", "approvals", "tool_usage"):
-                    conn.execute(f"DELETE FROM {table} WHERE run_id = ?", (run.run_id,))
-                conn.execute("DELETE FROM runs WHERE run_id = ?", (run.run_id,))
-            referenced: set[str] = set()
-            pending = [ref for (data,) in conn.execute("SELECT data FROM events WHERE codec = ?", (BLOB_CODEC,))
-                       for ref in references(json.loads(data))]
-            while pending:
-                digest = pending.pop()
-                if digest not in referenced:
-                    referenced.add(digest)
-                    row = conn.execute("SELECT data FROM blobs WHERE hash = ?", (digest,)).fetchone()
-                    if row is not None:
-                        pending.extend(references(json.loads(row[0])))
-            unused = [h for (h,) in conn.execute("SELECT hash FROM blobs") if h not in referenced]
-            conn.executemany("DELETE FROM blobs WHERE hash = ?", [(h,) for h in unused])
-            return len(unused)
-
-    def pruned_runs(self) -> dict[str, tuple[int, str, str]]:
-        rows = self._query("SELECT run_id, head_seq, head_hash, archive FROM pruned_runs")
-        return {r[0]: (r[1], r[2], r[3]) for r in rows}
-
-    # -- data keys ------------------------------------------------------------------
-
-    def data_key(self, run_id: str) -> StoredKey | None:
-        rows = self._query("SELECT master_id, wrapped, created_at, erased_at FROM data_keys WHERE run_id = ?",
-                           (run_id,))
-        if not rows:
-            return None
-        master_id, wrapped, created_at, erased_at = rows[0]
-        key = WrappedKey(master_id, bytes(wrapped)) if wrapped is not None else None
-        return StoredKey(key, created_at, erased_at)
-
-    def master_key_ids(self) -> set[str]:
-        return {row[0] for row in self._query("SELECT DISTINCT master_id FROM data_keys WHERE wrapped IS NOT NULL")}
-
-    def add_data_key(self, run_id: str, key: WrappedKey, now: float) -> None:
-        with self._tx() as conn:
-            conn.execute("INSERT OR IGNORE INTO data_keys (run_id, master_id, wrapped, created_at) "
-                         "VALUES (?, ?, ?, ?)", (run_id, key.master_id, key.wrapped, now))
+    # -- what SQLite does its own way ---------------------------------------------------
 
     def erase_data_key(self, run_id: str, now: float) -> bool:
         conn = self._conn()
@@ -644,8 +147,6 @@ class SqliteStore:
                              "and run `baton runs forget` again", run_id=run_id, retryable=True)
         return row is not None
 
-    # -- inbox ----------------------------------------------------------------------
-
     def send_signal(self, run_id: str, name: str, data: str, now: float) -> int:
         with self._tx() as conn:
             cur = conn.execute(
@@ -655,14 +156,3 @@ class SqliteStore:
             assert cur.lastrowid is not None
             return cur.lastrowid
 
-    def pending_signals(self, run_id: str) -> list[Signal]:
-        cur = self._query(
-            "SELECT signal_id, run_id, name, data, sent_at FROM signals "
-            "WHERE run_id = ? AND consumed = 0 ORDER BY signal_id",
-            (run_id,),
-        )
-        return [Signal(*row) for row in cur]
-
-    def request_cancel(self, run_id: str) -> None:
-        with self._tx() as conn:
-            conn.execute("UPDATE runs SET cancel_requested = 1 WHERE run_id = ?", (run_id,))
