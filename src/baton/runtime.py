@@ -7,6 +7,7 @@ import logging
 import os
 import secrets
 import sys
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -265,12 +266,33 @@ class Baton:
         claim = self.acquire(run_id)
         if claim is None:
             return None
+        return self.execute_claim(claim, listener)
+
+    def execute_claim(self, claim: Claim, listener: Listener | None = None) -> Outcome | None:
+        """Execute a run we hold the lease on, then let go of it."""
         try:
             if claim.record.status.terminal:
                 return Outcome(claim.record.status)
             return self._execute(claim, listener)
         finally:
-            self.let_go(run_id)
+            self.let_go(claim.record.run_id)
+
+    def claim_runnable(self, limit: int, exclude: Collection[str] = ()) -> list[Claim]:
+        """Take the lease on up to ``limit`` runnable runs in one atomic step, passing over
+        runs other workers are claiming; the caller must :meth:`execute_claim` each."""
+        taken = self.store.claim_runnable(self.owner, self.clock.time(), self.settings.lease_seconds, limit,
+                                          exclude)
+        claims = []
+        for run_id, previous in taken:
+            if not self.leases.reserve(run_id):  # in hand in this process already: it keeps the lease
+                continue
+            record = self.store.get_run(run_id)
+            if record is None:  # pruned meanwhile
+                self.leases.remove(run_id)
+                continue
+            why = f"its lease expired ({describe_owner(previous)} stopped renewing it)" if previous else ""
+            claims.append(Claim(record, previous, why))
+        return claims
 
     def _execute(self, claim: Claim, listener: Listener | None) -> Outcome | None:
         record, previous = claim.record, claim.previous_owner

@@ -364,6 +364,20 @@ def test_list_runs_by_status(store: Store) -> None:
     assert store.list_runs(status=RunStatus.FAILED) == []
 
 
+def test_runs_are_listed_and_found_per_tenant(store: Store) -> None:
+    """A tenant's view never includes another tenant's runs, by listing or by prefix."""
+    for i, (run_id, tenant) in enumerate([("a1", "acme"), ("a2", "other"), ("a3", "acme"), ("a4", None)]):
+        create(store, run_id, created_at=T0 + i, principal="p", tenant=tenant)
+    advance(store, "a3", [ev.RunCompleted(result=None)], now=T0 + 10)
+    assert [r.run_id for r in store.list_runs(tenant="acme")] == ["a3", "a1"]
+    assert [r.run_id for r in store.list_runs(tenant="other")] == ["a2"]
+    assert [r.run_id for r in store.list_runs(tenant="acme", status=RunStatus.PENDING)] == ["a1"]
+    assert store.list_runs(tenant="nobody") == []
+    assert sorted(store.find_run("a", tenant="acme")) == ["a1", "a3"]
+    assert store.find_run("a2", tenant="acme") == []
+    assert sorted(store.find_run("a")) == ["a1", "a2", "a3", "a4"]
+
+
 def test_find_run_by_prefix(store: Store) -> None:
     for i, run_id in enumerate(["abc1", "abc2", "abd1", "xyz", "zabc"]):
         create(store, run_id, created_at=T0 + i)

@@ -26,7 +26,7 @@ from ..logs import configure as configure_logs
 from ..runtime import Baton
 from ..sensitive import masked
 from ..settings import Settings
-from ..store import RunRecord, SqliteStore, sqlite_path
+from ..store import RunRecord, open_store, sqlite_path
 from .render import (
     TimelineRenderer,
     approval_text,
@@ -602,9 +602,10 @@ def audit_checkpoint(
 
 @db_app.command("upgrade")
 def db_upgrade(db: DatabaseOpt = None) -> None:
-    """Apply pending schema migrations (SQLite databases are upgraded on open anyway)."""
+    """Apply pending schema migrations (SQLite databases are upgraded on open anyway; run it
+    once for a PostgreSQL database, before starting workers of a new version)."""
     settings = Settings.from_env(database_url=db)
-    store = SqliteStore(sqlite_path(settings.database_url), migrate=False)
+    store = open_store(settings.database_url, schema="any")
     try:
         applied = store.migrate()
         version = store.schema_version()
@@ -618,10 +619,9 @@ def db_upgrade(db: DatabaseOpt = None) -> None:
 def db_status(db: DatabaseOpt = None) -> None:
     """Show the schema version and any pending migrations (changes nothing)."""
     settings = Settings.from_env(database_url=db)
-    path = sqlite_path(settings.database_url)
-    if not path.exists():
+    if settings.database_url.startswith("sqlite:") and not (path := sqlite_path(settings.database_url)).exists():
         raise UsageError(f"no Baton database at {path} (set BATON_DATABASE_URL or --db)")
-    store = SqliteStore(path, migrate=False)
+    store = open_store(settings.database_url, schema="any")
     try:
         pending = store.pending_migrations()
         version = store.schema_version()

@@ -14,7 +14,7 @@ from .execution import Listener
 from .owner import owner_alive
 
 if TYPE_CHECKING:
-    from ..runtime import Baton
+    from ..runtime import Baton, Claim
 
 log = logging.getLogger("baton.worker")
 
@@ -67,13 +67,13 @@ class Worker:
                         if (exc := future.exception()) is not None:
                             log.error("run %s: execution error: %s", run_id, exc, exc_info=exc)
                 free = self.concurrency - len(in_hand)
-                candidates = self._candidates(set(in_hand), free) if free else []
-                for run_id in candidates:
-                    in_hand[run_id] = pool.submit(self._execute, run_id)
-                if until_idle and not in_hand and not candidates and not self._awaiting_takeover():
+                claims = self._claims(set(in_hand), free) if free else []
+                for claim in claims:
+                    in_hand[claim.record.run_id] = pool.submit(self._execute, claim)
+                if until_idle and not in_hand and not claims and not self._awaiting_takeover():
                     break
-                if not candidates:
-                    self.stop_event.wait(self.baton.settings.poll_seconds)
+                if not claims:  # woken early by the database when it can say a run became runnable
+                    self.baton.store.wait_for_work(self.baton.settings.poll_seconds, self.stop_event)
         self.checkpoint()  # what this worker did is covered before it goes
         return self.executed
 
@@ -103,36 +103,44 @@ class Worker:
             send(notifier, run_id, request, store, clock.time)
         return len(due)
 
-    def _execute(self, run_id: str) -> object:
-        before = self.baton.store.get_run(run_id)
+    def _execute(self, claim: Claim) -> object:
+        before, run_id = claim.record, claim.record.run_id
         try:
-            outcome = self.baton.execute(run_id, self.listener)
+            outcome = self.baton.execute_claim(claim, self.listener)
         except BaseException:
-            if before is not None:  # do not spin on a run whose execution keeps raising
-                self._stalled[run_id] = before.head_seq
+            self._stalled[run_id] = before.head_seq  # do not spin on a run whose execution keeps raising
             raise
         if outcome is not None:
             with self._lock:
                 self.executed += 1
             after = self.baton.store.get_run(run_id)
-            if before is not None and after is not None and after.head_seq == before.head_seq \
-                    and not after.status.terminal:
+            if after is not None and after.head_seq == before.head_seq and not after.status.terminal:
                 self._stalled[run_id] = after.head_seq
             else:
                 self._stalled.pop(run_id, None)
         return outcome
 
-    def _candidates(self, busy: set[str], limit: int) -> list[str]:
+    def _claims(self, busy: set[str], limit: int) -> list[Claim]:
+        """Runs to execute now, their leases taken: runnable ones nobody holds (one atomic
+        claim, skipping those other workers are taking), then runs whose owner on this
+        machine is provably dead (its lease need not run out)."""
         store = self.baton.store
-        found = [r.run_id for r in store.runnable(self.baton.clock.time(), limit + len(busy) + len(self._stalled))
-                 if r.run_id not in busy and self._stalled.get(r.run_id) != r.head_seq]
-        if len(found) < limit:
+        for run_id, head in list(self._stalled.items()):  # a stalled run whose journal moved may go on
+            record = store.get_run(run_id)
+            if record is None or record.head_seq != head or record.status.terminal:
+                self._stalled.pop(run_id, None)
+        claims = self.baton.claim_runnable(limit, exclude=busy | set(self._stalled))
+        if len(claims) < limit:
+            taken = busy | {c.record.run_id for c in claims}
             for record in store.owned_runs():
-                if (record.run_id not in busy and record.run_id not in found
-                        and record.owner != self.baton.owner and record.owner is not None
+                if len(claims) >= limit:
+                    break
+                if (record.run_id not in taken and record.owner not in (self.baton.owner, None)
                         and owner_alive(record.owner) is False):
-                    found.append(record.run_id)
-        return found[:limit]
+                    claim = self.baton.acquire(record.run_id)
+                    if claim is not None:
+                        claims.append(claim)
+        return claims
 
     def _awaiting_takeover(self) -> bool:
         """Runs held by an owner we cannot see (another host) whose lease has not run out."""

@@ -122,13 +122,15 @@ class Store(Protocol):
 
     def get_run(self, run_id: str) -> RunRecord | None: ...
 
-    def find_run(self, prefix: str) -> list[str]:
-        """Run ids starting with ``prefix`` (so people can type short ids)."""
+    def find_run(self, prefix: str, tenant: str | None = None) -> list[str]:
+        """Run ids starting with ``prefix`` (so people can type short ids); only ``tenant``'s,
+        if given."""
         ...
 
-    def list_runs(
-        self, *, status: RunStatus | None = None, limit: int = 50
-    ) -> list[RunRecord]: ...
+    def list_runs(self, *, status: RunStatus | None = None, tenant: str | None = None,
+                  limit: int = 50) -> list[RunRecord]:
+        """Runs, newest first; only ``tenant``'s, if given."""
+        ...
 
     def all_run_ids(self) -> list[str]: ...
 

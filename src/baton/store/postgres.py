@@ -86,6 +86,11 @@ class PostgresStore(SqlStore):
         self._local = threading.local()
         self._listener: psycopg.Connection[Any] | None = None
         self._listen_lock = threading.Lock()
+        try:  # once, plainly: a wrong URL or a server that is down is said at once, in its words
+            psycopg.connect(url, connect_timeout=max(1, int(connect_timeout))).close()
+        except psycopg.Error as exc:
+            reason = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+            raise StoreError(f"cannot connect to PostgreSQL at {self.location}: {reason}", retryable=True) from None
         self._pool = ConnectionPool(
             url, min_size=1, max_size=max_connections, open=False, name="baton",
             kwargs={"autocommit": True, "connect_timeout": max(1, int(connect_timeout))},

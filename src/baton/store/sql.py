@@ -366,25 +366,25 @@ class SqlStore(ABC):
         rows = self._query(f"SELECT {_RUN_COLUMNS} FROM {_RUNS} WHERE runs.run_id = ?", (run_id,))
         return _run(rows[0]) if rows else None
 
-    def find_run(self, prefix: str) -> list[str]:
+    def find_run(self, prefix: str, tenant: str | None = None) -> list[str]:
         # A range, not LIKE: exact (case-sensitive, no wildcards) on every backend, and indexed.
+        scope = "" if tenant is None else "AND tenant = ? "
         rows = self._query(
-            "SELECT run_id FROM runs WHERE run_id >= ? AND run_id < ? ORDER BY run_id LIMIT 10",
-            (prefix, prefix + "\U0010ffff"),
+            f"SELECT run_id FROM runs WHERE run_id >= ? AND run_id < ? {scope}ORDER BY run_id LIMIT 10",
+            (prefix, prefix + "\U0010ffff", *(() if tenant is None else (tenant,))),
         )
         return [r[0] for r in rows]
 
-    def list_runs(self, *, status: RunStatus | None = None, limit: int = 50) -> list[RunRecord]:
-        if status is None:
-            cur = self._query(
-                f"SELECT {_RUN_COLUMNS} FROM {_RUNS} ORDER BY created_at DESC LIMIT ?", (limit,)
-            )
-        else:
-            cur = self._query(
-                f"SELECT {_RUN_COLUMNS} FROM {_RUNS} WHERE status = ? "
-                "ORDER BY created_at DESC LIMIT ?",
-                (status.value, limit),
-            )
+    def list_runs(self, *, status: RunStatus | None = None, tenant: str | None = None,
+                  limit: int = 50) -> list[RunRecord]:
+        clauses, params = [], []
+        for column, value in (("status", status.value if status else None), ("tenant", tenant)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        where = f"WHERE {' AND '.join(clauses)} " if clauses else ""
+        cur = self._query(f"SELECT {_RUN_COLUMNS} FROM {_RUNS} {where}ORDER BY created_at DESC LIMIT ?",
+                          (*params, limit))
         return [_run(row) for row in cur]
 
     def all_run_ids(self) -> list[str]:

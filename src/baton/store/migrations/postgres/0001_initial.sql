@@ -1,8 +1,9 @@
+-- Ids are compared as bytes (COLLATE "C"): prefix lookups are ranges, whatever the locale.
 -- The journal, the run index, and the inbox of requests sent from outside (the same schema
 -- as SQLite's 0001, in PostgreSQL's types). runs.anchor_seq/anchor_hash: the journal head as
 -- of the run's last status change or lease release.
 CREATE TABLE runs (
-    run_id           TEXT PRIMARY KEY,
+    run_id           TEXT COLLATE "C" PRIMARY KEY,
     workflow         TEXT NOT NULL,
     workflow_ref     TEXT NOT NULL,
     status           TEXT NOT NULL,

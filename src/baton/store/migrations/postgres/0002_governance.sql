@@ -1,7 +1,7 @@
 -- Governance: an index of approval requests (derived from the approval events of each
 -- run's journal) and of completed tool calls (for policies that count a principal's calls).
 CREATE TABLE approvals (
-    approval_id TEXT PRIMARY KEY,
+    approval_id TEXT COLLATE "C" PRIMARY KEY,
     run_id      TEXT NOT NULL REFERENCES runs (run_id),
     step_id     INTEGER NOT NULL,
     tenant      TEXT,
