@@ -21,7 +21,7 @@ from baton.approvals import ApprovalRecord, WebhookNotifier, args_hash
 from baton.approvals.decisions import _append
 from baton.cli import app, main
 from baton.config import Governance
-from baton.errors import ApprovalDenied, ApprovalError, PolicyDenied, UsageError
+from baton.errors import ApprovalDenied, ApprovalError, PolicyDenied, RunNotFound, UsageError
 from baton.journal import events as ev
 from baton.testing import FakeClock
 from engine_support import event_types, make_settings, of_type
@@ -751,6 +751,17 @@ def test_approvals_from_the_command_line(tmp_path: Path, monkeypatch: pytest.Mon
         assert by_prefix.exit_code == 0 and json.loads(by_prefix.stdout)["approval_id"] == aid
         hidden = runner.invoke(app, ["approvals", "show", aid, "--as", "eve"], env=env)
         assert hidden.exit_code == 1 and isinstance(hidden.exception, ApprovalError)
+
+        # Runs too are seen per tenant: eve (tenant other) neither lists nor finds alice's.
+        mine = runner.invoke(app, ["runs", "list", "--as", "bob", "--json"], env=env)
+        assert [r["run_id"] for r in json.loads(mine.stdout)] == [run_id]
+        theirs = runner.invoke(app, ["runs", "list", "--as", "eve", "--json"], env=env)
+        assert json.loads(theirs.stdout) == []
+        for ref in (run_id, run_id[:8]):
+            unseen = runner.invoke(app, ["runs", "show", ref, "--as", "eve"], env=env)
+            assert unseen.exit_code == 1 and isinstance(unseen.exception, RunNotFound), unseen.output
+        seen = runner.invoke(app, ["runs", "show", run_id[:8], "--as", "bob"], env=env)
+        assert seen.exit_code == 0 and run_id in seen.output
 
         refused = runner.invoke(app, ["approve", aid, "--as", "alice", "--reason", "x"], env=env)
         assert refused.exit_code == 1

@@ -3,6 +3,7 @@ drives, signals and cancels runs. Tests create their own; nothing here is global
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import secrets
@@ -130,7 +131,12 @@ class Baton:
                 if held:  # a database copied without its key file: a new key would read nothing
                     raise UsageError(f"this database's data keys were wrapped by master key {', '.join(sorted(held))}, "
                                      f"but its key file {default} is missing; restore it, or set {MASTER_ENV}")
-            self._vault = Vault(self.store, MasterKey.load(default))
+            if default is None and not os.environ.get(MASTER_ENV):
+                # A shared database (PostgreSQL) given no key: every worker must use the same one.
+                secret = self.store.shared_master_key(base64.b64encode(os.urandom(32)).decode())
+                self._vault = Vault(self.store, MasterKey(base64.b64decode(secret), "the database"))
+            else:
+                self._vault = Vault(self.store, MasterKey.load(default))
         return self._vault
 
     def sealer(self, run_id: str, *, create: bool = True) -> Sealer:
@@ -525,20 +531,29 @@ class Baton:
 
     # -- reading --------------------------------------------------------------------
 
-    def resolve_run_id(self, run_id: str) -> str:
-        """Accept a unique prefix of a run id, as people type them."""
-        if self.store.get_run(run_id) is not None:
+    def resolve_run_id(self, run_id: str, principal: str | None = None) -> str:
+        """Accept a unique prefix of a run id, as people type them. With ``principal``, only
+        a run of their tenant: another tenant's is reported as not existing."""
+        tenant = self.governance.directory.require(principal).tenant if principal is not None else None
+        found = self.store.get_run(run_id)
+        if found is not None and (principal is None or found.tenant == tenant):
             return run_id
-        matches = self.store.find_run(run_id) if run_id else []
+        matches = self.store.find_run(run_id, tenant) if run_id else []
         if len(matches) == 1:
             return matches[0]
         if not matches:
-            pruned = self.store.pruned_runs().get(run_id)
+            pruned = self.store.pruned_runs().get(run_id) if principal is None else None
             if pruned is not None:
                 raise RunNotFound(f"run {run_id} was archived to {pruned[2]} and removed from the database",
                                   run_id=run_id)
             raise RunNotFound(f"no run {run_id!r}", run_id=run_id)
         raise UsageError(f"{run_id!r} matches several runs: {', '.join(matches[:5])}")
+
+    def runs(self, principal: str | None = None, *, status: RunStatus | None = None,
+             limit: int = 50) -> list[RunRecord]:
+        """Runs, newest first; with ``principal``, only those of their tenant."""
+        tenant = self.governance.directory.require(principal).tenant if principal is not None else None
+        return self.store.list_runs(status=status, tenant=tenant, limit=limit)
 
     def get_run(self, run_id: str) -> RunRecord:
         record = self.store.get_run(run_id)

@@ -428,12 +428,13 @@ def _approver_warnings(governance: Governance) -> list[str]:
 def runs_list(
     status: Annotated[RunStatus | None, typer.Option(help="Only runs with this status.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=100_000)] = 50,
+    principal: AsOpt = None,
     as_json: JsonOpt = False,
     db: DatabaseOpt = None,
 ) -> None:
-    """List runs, newest first."""
+    """List runs, newest first (with --as: only those of that principal's tenant)."""
     with _baton(db, must_exist=True) as baton:
-        records = baton.store.list_runs(status=status, limit=limit)
+        records = baton.runs(principal, status=status, limit=limit)
         if as_json:
             print(json.dumps([run_json(r) for r in records], indent=2))
         elif not records:
@@ -443,10 +444,10 @@ def runs_list(
 
 
 @runs_app.command("show")
-def runs_show(run_id: str, as_json: JsonOpt = False, db: DatabaseOpt = None) -> None:
-    """Show a run and its timeline."""
+def runs_show(run_id: str, principal: AsOpt = None, as_json: JsonOpt = False, db: DatabaseOpt = None) -> None:
+    """Show a run and its timeline (with --as: only a run of that principal's tenant)."""
     with _baton(db, must_exist=True) as baton:
-        record = baton.get_run(baton.resolve_run_id(run_id))
+        record = baton.get_run(baton.resolve_run_id(run_id, principal))
         rows = baton.journal(record.run_id)
         if as_json:
             body = run_json(record)

@@ -248,6 +248,10 @@ class Store(Protocol):
 
     def data_key(self, run_id: str) -> StoredKey | None: ...
 
+    def shared_master_key(self, new: str) -> str:
+        """The master key kept in the database (base64), storing ``new`` if there is none."""
+        ...
+
     def master_key_ids(self) -> set[str]:
         """The ids of the master keys that wrapped the data keys held."""
         ...

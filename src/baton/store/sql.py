@@ -611,6 +611,11 @@ class SqlStore(ABC):
         key = WrappedKey(master_id, bytes(wrapped)) if wrapped is not None else None
         return StoredKey(key, created_at, erased_at)
 
+    def shared_master_key(self, new: str) -> str:
+        with self._tx() as conn:
+            conn.execute("INSERT INTO master_key (id, secret) VALUES (1, ?) ON CONFLICT DO NOTHING", (new,))
+            return str(conn.execute("SELECT secret FROM master_key WHERE id = 1").fetchone()[0])
+
     def master_key_ids(self) -> set[str]:
         return {row[0] for row in self._query("SELECT DISTINCT master_id FROM data_keys WHERE wrapped IS NOT NULL")}
 
