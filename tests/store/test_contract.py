@@ -592,6 +592,58 @@ def test_runs_under_a_live_lease_are_not_runnable(store: Store) -> None:
     assert runnable_ids(store, T0 + 1) == {"r1", "r2"}
 
 
+def test_claim_runnable_takes_the_oldest_runnable_runs_in_one_step(store: Store) -> None:
+    for i in range(5):
+        create(store, f"r{i}", created_at=T0 + i)
+    advance(store, "r0", [ev.RunCompleted(result=1)], T0 + 1)  # over: not runnable
+    assert store.claim("r1", "B", T0, LEASE)  # held by B
+    taken = store.claim_runnable("A", T0 + 1, LEASE, limit=2, exclude=["r2"])
+    assert taken == [("r3", None), ("r4", None)]
+    for run_id in ("r3", "r4"):
+        record = record_of(store, run_id)
+        assert record.owner == "A" and record.lease_expires_at == T0 + 1 + LEASE
+    assert store.claim_runnable("C", T0 + 2, LEASE, limit=5) == [("r2", None)]
+    assert store.claim_runnable("C", T0 + 3, LEASE, limit=5, exclude=["r2"]) == []  # the rest are held
+
+
+def test_claim_runnable_takes_over_expired_leases_and_says_from_whom(store: Store) -> None:
+    create(store, "r1")
+    assert store.claim("r1", "A", T0, LEASE)
+    assert store.claim_runnable("B", T0 + LEASE - 1, LEASE, limit=5) == []
+    assert store.claim_runnable("B", T0 + LEASE + 1, LEASE, limit=5) == [("r1", "A")]
+    assert record_of(store, "r1").owner == "B"
+    # A run we hold but have not in hand (we could not let go of it) is ours to go on with.
+    assert store.claim_runnable("B", T0 + LEASE + 2, LEASE, limit=5) == [("r1", None)]
+    assert store.claim_runnable("B", T0 + LEASE + 3, LEASE, limit=5, exclude=["r1"]) == []
+
+
+def test_concurrent_claimers_never_take_the_same_run(backend: Backend) -> None:
+    first = backend.open()
+    for i in range(40):
+        create(first, f"r{i:02d}", created_at=T0 + i)
+    stores = [backend.open() for _ in range(4)]
+    taken: dict[str, list[str]] = {}
+    lock = threading.Lock()
+
+    def claim(worker: int) -> None:
+        mine: list[str] = []  # in hand: a worker passes them over, as it does
+        for _ in range(20):
+            got = stores[worker].claim_runnable(f"W{worker}", T0 + 100, LEASE, limit=3, exclude=mine)
+            mine += [run_id for run_id, _ in got]
+        with lock:
+            taken[f"W{worker}"] = mine
+
+    threads = [threading.Thread(target=claim, args=(w,)) for w in range(len(stores))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    everything = [run_id for runs in taken.values() for run_id in runs]
+    assert sorted(everything) == [f"r{i:02d}" for i in range(40)]  # each exactly once
+    for worker, runs in taken.items():
+        assert all(record_of(first, run_id).owner == worker for run_id in runs)
+
+
 def test_runnable_respects_the_limit(store: Store) -> None:
     for i in range(6):
         create(store, f"r{i}", created_at=T0 + i)

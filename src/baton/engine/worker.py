@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from ..approvals import send
 from ..audit.checkpoints import write_checkpoint
+from ..errors import StoreError
 from .execution import Listener
 from .owner import owner_alive
 
@@ -107,6 +108,10 @@ class Worker:
         before, run_id = claim.record, claim.record.run_id
         try:
             outcome = self.baton.execute_claim(claim, self.listener)
+        except StoreError as exc:
+            if not exc.retryable:  # a database that is away for a moment is tried again; this is not
+                self._stalled[run_id] = before.head_seq
+            raise
         except BaseException:
             self._stalled[run_id] = before.head_seq  # do not spin on a run whose execution keeps raising
             raise

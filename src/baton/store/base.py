@@ -149,9 +149,10 @@ class Store(Protocol):
 
     def claim_runnable(self, owner: str, now: float, lease_seconds: float, limit: int,
                        exclude: Collection[str] = ()) -> list[tuple[str, str | None]]:
-        """Atomically take the lease on up to ``limit`` runnable runs that nobody holds (or
-        whose lease ran out), oldest first, passing over those another worker is claiming
-        at the same moment. Returns each run id with the owner whose lease expired, if any."""
+        """Atomically take the lease on up to ``limit`` runnable runs that nobody else holds
+        (or whose lease ran out), oldest first, except ``exclude`` (the runs in hand), passing
+        over those another worker is claiming at the same moment. Returns each run id with
+        the owner whose lease expired, if any."""
         ...
 
     def wait_for_work(self, timeout: float, stop: threading.Event) -> None:

@@ -418,9 +418,11 @@ class SqlStore(ABC):
 
     def claim_runnable(self, owner: str, now: float, lease_seconds: float, limit: int,
                        exclude: Collection[str] = ()) -> list[tuple[str, str | None]]:
+        # Our own lease counts as free: a run we could not let go of (the database was away)
+        # and do not have in hand (``exclude``) is ours to go on with.
         rows_sql = (f"SELECT run_id, owner FROM runs WHERE {_RUNNABLE} "
-                    "AND (owner IS NULL OR lease_expires_at < :now) ")
-        params: dict[str, Any] = {"now": now, "limit": limit}
+                    "AND (owner IS NULL OR owner = :owner OR lease_expires_at < :now) ")
+        params: dict[str, Any] = {"now": now, "limit": limit, "owner": owner}
         if exclude:
             names = [f"x{i}" for i in range(len(exclude))]
             rows_sql += f"AND run_id NOT IN ({', '.join(':' + n for n in names)}) "
