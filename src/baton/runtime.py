@@ -7,7 +7,6 @@ import base64
 import logging
 import os
 import secrets
-import sys
 from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from .engine.context import Context
 from .engine.execution import Execution, Listener, Outcome
 from .engine.leases import LeaseKeeper
 from .engine.owner import describe_owner, new_owner_id, owner_alive
+from .engine.resolution import resolve_step
 from .engine.stops import Abort, Fenced, StoreFailed, Suspend
 from .errors import ApprovalError, BatonError, RunNotFound, UsageError
 from .journal import GENESIS_HASH, EncodedEvent, RunStatus, canonical_json, decode, encode_batch, index_update
@@ -37,7 +37,6 @@ from .sensitive.vault import Vault
 from .settings import Settings
 from .store import NewRun, RunRecord, Store, open_store
 from .telemetry import Telemetry
-from .tools import Tool
 from .workflows import Workflow, canonical_ref, load_workflow
 
 if TYPE_CHECKING:
@@ -447,54 +446,7 @@ class Baton:
     def resolve_step(self, run_id: str, step_id: int, *, applied: bool, result: Any = None,
                      by: str = "operator", note: str = "") -> None:
         """Settle an in-doubt step by hand: it took effect (with ``result``) or it did not."""
-        run_id = self.resolve_run_id(run_id)
-        claim = self.acquire(run_id)
-        if claim is None:
-            raise UsageError(f"run {run_id} is being executed by another worker; try again")
-        record = claim.record
-        try:
-            sealer = self.sealer(run_id)
-            events = [sealer.open(decode(r, self.store.blob)) for r in self.store.read(run_id)]
-            x = Execution(store=self.store, settings=self.settings, clock=self.clock,
-                          pool=self.pool, run=record, events=events, governance=self.governance, sealer=sealer)
-            rec = x.state.steps.get(step_id)
-            if record.status is not RunStatus.NEEDS_ATTENTION or rec is None or not rec.in_flight:
-                raise UsageError(f"step {step_id} of run {run_id} is not in doubt")
-            tool = self._tool_named(record.workflow_ref, rec.name)
-            if tool is not None:
-                x.tools[step_id] = tool  # its sensitive fields; and the call counts in the principal's history
-            if applied:
-                json_text(result, "the result")
-                if tool is not None:
-                    self._check_resolved_result(tool, result)
-            x.append([ev.StepResolved(step_id=step_id, applied=applied, result=result, by=by, note=note)])
-        except Fenced:
-            raise UsageError(f"run {run_id} moved on while resolving; try again") from None
-        except StoreFailed as failed:
-            raise failed.error from None
-        finally:
-            self.let_go(run_id)
-
-    def _tool_named(self, workflow_ref: str, tool_name: str) -> Tool[Any, Any] | None:
-        """The tool a run's step called, found in its workflow's module, if it loads here."""
-        try:
-            module = sys.modules[self.workflow_for(workflow_ref).fn.__module__]
-        except (BatonError, KeyError):
-            return None  # the code cannot be loaded here; replay will say so if the shape is wrong
-        found = [v for v in vars(module).values() if isinstance(v, Tool) and v.name == tool_name]
-        return found[0] if found else None
-
-    @staticmethod
-    def _check_resolved_result(tool: Tool[Any, Any], result: Any) -> None:
-        """A result given by hand must be one the workflow can read back."""
-        try:
-            tool.decode_result(result)
-        except Exception as exc:  # noqa: BLE001 - Pydantic's message, shortened to one line
-            wanted = tool.result_adapter.json_schema().get("type", "its return type")
-            raise UsageError(
-                f"{tool.name} returns {wanted}; the result given does not fit it "
-                f"({str(exc).splitlines()[0]}): pass it with --result JSON"
-            ) from None
+        resolve_step(self, run_id, step_id, applied=applied, result=result, by=by, note=note)
 
     # -- approvals --------------------------------------------------------------------
 

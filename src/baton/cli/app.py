@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import signal as signals
 import sys
@@ -11,7 +10,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from ..approvals.decisions import describe_approvers
@@ -22,11 +20,13 @@ from ..errors import BatonError, UsageError
 from ..journal import BLOB_CODEC, RunStatus, decode
 from ..journal import events as ev
 from ..journal.blobs import resolve as resolve_blobs
-from ..logs import configure as configure_logs
 from ..runtime import Baton
 from ..sensitive import masked
 from ..settings import Settings
 from ..store import RunRecord, open_store, sqlite_path
+from .audit import audit_app
+from .common import AsOpt, DatabaseOpt, JsonOpt, err, out
+from .common import open_baton as _baton
 from .render import (
     TimelineRenderer,
     approval_text,
@@ -38,7 +38,7 @@ from .render import (
 )
 
 if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    pass
 
 app = typer.Typer(
     name="baton", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -61,39 +61,14 @@ def _main(
 
 
 runs_app = typer.Typer(no_args_is_help=True, help="Inspect runs.")
-audit_app = typer.Typer(no_args_is_help=True, help="Prove the record was not edited.")
 db_app = typer.Typer(no_args_is_help=True, help="The database schema.")
 approvals_app = typer.Typer(no_args_is_help=True, help="Approval requests waiting for a person.")
 policy_app = typer.Typer(no_args_is_help=True, help="Principals, policies and limits (baton.toml).")
 app.add_typer(runs_app, name="runs")
 app.add_typer(approvals_app, name="approvals")
 app.add_typer(policy_app, name="policy")
-app.add_typer(audit_app, name="audit")
+app.add_typer(audit_app, name="audit")  # its commands: cli/audit.py
 app.add_typer(db_app, name="db")
-
-out = Console()
-err = Console(stderr=True)
-
-DatabaseOpt = Annotated[
-    str | None,
-    typer.Option("--db", envvar="BATON_DATABASE_URL", show_envvar=True,
-                 help="Database URL, e.g. sqlite:///.baton/baton.db"),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
-AsOpt = Annotated[str | None, typer.Option("--as", help="Who is acting: a principal of baton.toml.")]
-
-
-def _baton(db: str | None, *, must_exist: bool = False) -> Baton:
-    """The runtime for a command. Commands that only read refuse to create a database: a
-    typo in the path or the wrong directory should not look like an empty history."""
-    settings = Settings.from_env(database_url=db)
-    if must_exist and settings.database_url.startswith("sqlite:"):
-        path = sqlite_path(settings.database_url)
-        if not path.exists():
-            raise UsageError(f"no Baton database at {path} (set BATON_DATABASE_URL or --db)")
-    configure_logs()  # warnings on stderr with their run and step, sensitive values masked
-    return Baton(settings)
-
 
 def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
@@ -472,135 +447,6 @@ def runs_show(run_id: str, principal: AsOpt = None, as_json: JsonOpt = False, db
         out.print(timeline_table(events))
 
 
-@audit_app.command("verify")
-def audit_verify(
-    run_id: Annotated[str | None, typer.Option("--run", help="Only this run.")] = None,
-    public_key: Annotated[str | None, typer.Option("--public-key", help="PEM file of the audit public key: "
-                                                   "checks the checkpoints' signatures.")] = None,
-    export: Annotated[Path | None, typer.Option("--export", help="Verify a file written by "
-                                                "`baton audit export` instead of a database.")] = None,
-    db: DatabaseOpt = None,
-) -> None:
-    """Recompute every hash chain and check every signed checkpoint; exit 1 naming the first
-    problem. Works on a copied database file, offline, with only the public key."""
-    from ..audit import verify
-    from ..audit.export import verify_export
-    from ..audit.keys import load_public
-
-    key = load_public(public_key) if public_key else None
-    with contextlib.ExitStack() as stack:
-        if export is not None:
-            if run_id:
-                raise UsageError("--run applies to a database; an export is verified whole")
-            try:
-                lines = stack.enter_context(export.open(encoding="utf-8"))
-            except OSError as exc:
-                raise UsageError(f"cannot read {export}: {exc.strerror}") from None
-            report = verify_export(lines, key)
-        else:
-            baton = stack.enter_context(_baton(db, must_exist=True))
-            report = verify(baton.store, baton.resolve_run_id(run_id) if run_id else None, key)
-        if report.ok:
-            out.print(f"[green]✓ audit chain intact[/]: {report.runs} runs, {report.events} events verified",
-                      highlight=False)
-            if report.checkpoints:
-                signed = ("signatures verified with the public key" if report.signatures_checked
-                          else "[yellow]signatures not checked: pass --public-key FILE[/]")
-                out.print(f"[green]✓ {report.checkpoints} signed checkpoints intact[/]; {signed}", highlight=False)
-            if report.complete:
-                out.print("[green]✓ the file's signed manifest lists exactly the runs it holds[/]")
-            elif export is not None:
-                out.print("[yellow]no manifest verified with a public key: the file does not prove that no run was "
-                          "left out of it[/]")
-            return
-        for problem in report.problems:
-            err.print(f"[bold red]✗ tampering detected[/]: {problem}", highlight=False)
-        raise typer.Exit(1)
-
-
-@audit_app.command("export")
-def audit_export(
-    run_id: Annotated[str | None, typer.Option("--run", help="Only this run (with every checkpoint).")] = None,
-    format: Annotated[str, typer.Option("--format", help="jsonl, the only format.")] = "jsonl",
-    output: Annotated[Path | None, typer.Option("--out", help="File to write (default: standard output).")]
-    = None,
-    db: DatabaseOpt = None,
-) -> None:
-    """Write the events with their hashes, and the signed checkpoints, as JSON lines that a
-    third party can verify (docs/audit.md; baton audit verify --export FILE)."""
-    from ..audit.export import export_lines
-
-    if format != "jsonl":
-        raise UsageError(f"--format must be jsonl, not {format!r}")
-    with _baton(db, must_exist=True) as baton:
-        lines = export_lines(baton.store, baton.resolve_run_id(run_id) if run_id else None, baton.clock.time(),
-                             baton.audit_key)
-        if output is None:
-            for line in lines:
-                sys.stdout.write(line + "\n")
-            return
-        count = 0
-        with output.open("w", encoding="utf-8") as file:
-            for line in lines:
-                file.write(line + "\n")
-                count += 1
-        err.print(f"wrote {count - 1} records to {output}", highlight=False)
-
-
-@audit_app.command("keygen")
-def audit_keygen(
-    folder: Annotated[Path, typer.Option("--dir", help="Where to write baton-audit.key and baton-audit.pub.")]
-    = Path(".baton"),
-) -> None:
-    """Create the Ed25519 key pair that signs checkpoints."""
-    from ..audit.keys import KEY_ENV, generate
-
-    private, public = generate(folder)
-    out.print(f"private key: {private} (keep it secret; workers sign with it: {KEY_ENV}={private})\n"
-              f"public key:  {public} (give it to auditors: baton audit verify --public-key {public})",
-              highlight=False)
-
-
-def _signing_key(key: str | None) -> Ed25519PrivateKey:
-    """The audit key from ``--key`` or ``BATON_AUDIT_KEY``, or a message saying how to get one."""
-    from ..audit.keys import KEY_ENV, load_private
-
-    private = load_private(key)
-    if private is None:
-        raise UsageError(f"no audit key: pass --key FILE or set {KEY_ENV} (baton audit keygen makes one)")
-    return private
-
-
-@audit_app.command("pubkey")
-def audit_pubkey(key: Annotated[str | None, typer.Option("--key", help="Private key PEM file (default: "
-                                                         "BATON_AUDIT_KEY).")] = None) -> None:
-    """Print the public key of the signing key, to hand to auditors."""
-    from ..audit.keys import public_pem
-
-    sys.stdout.write(public_pem(_signing_key(key).public_key()).decode())
-
-
-@audit_app.command("checkpoint")
-def audit_checkpoint(
-    key: Annotated[str | None, typer.Option("--key", help="Private key PEM file (default: BATON_AUDIT_KEY).")]
-    = None,
-    db: DatabaseOpt = None,
-) -> None:
-    """Sign a checkpoint of every run head that changed since the last one (workers with an
-    audit key write one every few minutes on their own)."""
-    from ..audit import write_checkpoint
-
-    private = _signing_key(key)
-    with _baton(db, must_exist=True) as baton:
-        checkpoint = write_checkpoint(baton.store, private, baton.clock.time())
-        if checkpoint is None:
-            last = baton.store.last_checkpoint()
-            out.print(f"nothing changed since checkpoint {last.seq if last else 0}")
-            return
-        out.print(f"checkpoint [bold]{checkpoint.seq}[/] signed: {len(checkpoint.heads)} run heads; "
-                  f"its hash (keep it elsewhere to pin the record): {checkpoint.hash}", highlight=False)
-
-
 @db_app.command("upgrade")
 def db_upgrade(db: DatabaseOpt = None) -> None:
     """Apply pending schema migrations (SQLite databases are upgraded on open anyway; run it
@@ -655,3 +501,4 @@ def main() -> None:
     except UnicodeError:
         err.print("[bold red]error:[/] arguments must be valid UTF-8 text", highlight=False)
         sys.exit(1)
+

@@ -24,12 +24,13 @@ from typing import Any
 
 from ..approvals import ApprovalRecord
 from ..audit.checkpoints import Checkpoint
-from ..errors import AppendConflict, BlobMissing, MigrationError, StoreError
-from ..journal import BLOB_CODEC, EncodedEvent, IndexUpdate, RunStatus, canonical_json
+from ..errors import AppendConflict, BlobMissing, MigrationError
+from ..journal import BLOB_CODEC, EncodedEvent, IndexUpdate, RunStatus
 from ..journal import events as ev
 from ..journal.blobs import references
 from ..sensitive.keys import WrappedKey
 from . import migrations
+from .approvals_index import APPROVAL_COLUMNS, apply_approval, approval_record
 from .base import NewRun, RunRecord, Signal, StoredKey, Taken
 
 _RUN_COLUMNS = (
@@ -65,74 +66,6 @@ _MAX_ROWS = 16
 def _insert_sql(count: int) -> str:
     values = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * count)
     return f"INSERT INTO events (run_id, seq, type, at, data, hash, codec) VALUES {values}"
-
-
-_APPROVAL_COLUMNS = (
-    "approval_id, run_id, step_id, tenant, requester, title, tool, request, approvers, status, "
-    "created_at, expires_at, escalated, decided_by, decided_at, reason, consumed_at"
-)
-
-
-def _approval(row: tuple[Any, ...]) -> ApprovalRecord:
-    request = json.loads(row[7])
-    return ApprovalRecord(
-        approval_id=row[0], run_id=row[1], step_id=row[2], tenant=row[3], requester=row[4], title=row[5],
-        tool=row[6], args=request.get("args", {}), policies=request.get("policies", []),
-        evidence=request.get("evidence"), approvers=json.loads(row[8]), status=row[9], created_at=row[10],
-        expires_at=row[11], escalated=bool(row[12]), decided_by=row[13], decided_at=row[14],
-        reason=row[15], consumed_at=row[16], escalate_to=request.get("escalate_to", []),
-    )
-
-
-def _apply_approval(conn: Connection, run_id: str, event: ev.Event, now: float) -> None:
-    """Keep the approvals index in step with an approval event being appended. A decision
-    on a request that is no longer pending, or a second consumption, is a conflict."""
-    match event:
-        case ev.ApprovalRequested():
-            conn.execute(
-                f"INSERT INTO approvals ({_APPROVAL_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, 0, NULL, NULL, NULL, NULL)",
-                (event.approval_id, run_id, event.step_id, event.tenant, event.requester, event.title,
-                 event.tool, event.encoded(), canonical_json(event.approvers), now, event.expires_at),
-            )
-            return
-        case ev.ApprovalGranted() | ev.ApprovalDenied():
-            status = "approved" if isinstance(event, ev.ApprovalGranted) else (
-                "denied" if event.by is not None else "expired")
-            cur = conn.execute(
-                "UPDATE approvals SET status = ?, decided_by = ?, decided_at = ?, reason = ? "
-                "WHERE approval_id = ? AND run_id = ? AND status = 'pending'",
-                (status, event.by, now, event.reason, event.approval_id, run_id),
-            )
-        case ev.ApprovalEscalated():
-            cur = conn.execute(  # the new approvers have not been told yet
-                "UPDATE approvals SET approvers = ?, expires_at = ?, escalated = 1, notified_at = NULL "
-                "WHERE approval_id = ? AND run_id = ? AND status = 'pending'",
-                (canonical_json(event.approvers), event.expires_at, event.approval_id, run_id),
-            )
-        case ev.ApprovalConsumed():
-            cur = conn.execute(
-                "UPDATE approvals SET consumed_at = ? "
-                "WHERE approval_id = ? AND run_id = ? AND status = 'approved' AND consumed_at IS NULL",
-                (now, event.approval_id, run_id),
-            )
-        case ev.ApprovalWithdrawn():
-            cur = conn.execute(
-                "UPDATE approvals SET status = 'withdrawn', reason = ? "
-                "WHERE approval_id = ? AND run_id = ? AND status IN ('pending', 'approved', 'denied', 'expired') "
-                "AND consumed_at IS NULL",
-                (event.reason, event.approval_id, run_id),
-            )
-        case _:
-            return
-    if cur.rowcount == 1:
-        return
-    approval_id = getattr(event, "approval_id", "?")
-    if isinstance(event, ev.ApprovalGranted | ev.ApprovalDenied) and event.by is not None:
-        # Two people deciding at once: the second is a stale writer, like any other.
-        raise AppendConflict(f"approval {approval_id} of run {run_id} was already decided", run_id=run_id)
-    raise StoreError(f"approval {approval_id} of run {run_id}: the approvals index does not match the "
-                     f"journal ({event.type_name}); nothing was written", run_id=run_id)
 
 
 def _run(row: tuple[Any, ...]) -> RunRecord:
@@ -321,7 +254,7 @@ class SqlStore(ABC):
             if consumed.rowcount != 1:
                 raise AppendConflict(f"signal {signal_id} of run {run_id} is already consumed", run_id=run_id)
         for event in update.approvals:
-            _apply_approval(conn, run_id, event, now)
+            apply_approval(conn, run_id, event, now)
         for used in update.usage:
             conn.execute(
                 "INSERT INTO tool_usage (run_id, step_id, tenant, principal, tool, cost, at) "
@@ -472,8 +405,8 @@ class SqlStore(ABC):
     # -- governance -----------------------------------------------------------------
 
     def get_approval(self, approval_id: str) -> ApprovalRecord | None:
-        rows = self._query(f"SELECT {_APPROVAL_COLUMNS} FROM approvals WHERE approval_id = ?", (approval_id,))
-        return _approval(rows[0]) if rows else None
+        rows = self._query(f"SELECT {APPROVAL_COLUMNS} FROM approvals WHERE approval_id = ?", (approval_id,))
+        return approval_record(rows[0]) if rows else None
 
     def find_approval(self, prefix: str, tenant: str | None = None) -> list[str]:
         scope = "" if tenant is None else "AND tenant = ? "
@@ -493,9 +426,9 @@ class SqlStore(ABC):
                 params.append(value)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = self._query(
-            f"SELECT {_APPROVAL_COLUMNS} FROM approvals {where} ORDER BY created_at LIMIT ?", (*params, limit)
+            f"SELECT {APPROVAL_COLUMNS} FROM approvals {where} ORDER BY created_at LIMIT ?", (*params, limit)
         )
-        return [_approval(row) for row in rows]
+        return [approval_record(row) for row in rows]
 
     def mark_notified(self, approval_id: str, now: float) -> None:
         with self._tx() as conn:
