@@ -68,10 +68,20 @@ class Worker:
                         if (exc := future.exception()) is not None:
                             log.error("run %s: execution error: %s", run_id, exc, exc_info=exc)
                 free = self.concurrency - len(in_hand)
-                claims = self._claims(set(in_hand), free) if free else []
+                try:
+                    claims = self._claims(set(in_hand), free) if free else []
+                    idle = until_idle and not in_hand and not claims and not self._awaiting_takeover()
+                except StoreError as exc:
+                    if not exc.retryable:
+                        raise
+                    # The database is away (restarting, a network blip): the runs in hand go on
+                    # or stop on their own; this worker looks again after a pause.
+                    log.warning("cannot look for runs to execute (%s); trying again", exc.message)
+                    self.stop_event.wait(max(1.0, self.baton.settings.poll_seconds))
+                    continue
                 for claim in claims:
                     in_hand[claim.record.run_id] = pool.submit(self._execute, claim)
-                if until_idle and not in_hand and not claims and not self._awaiting_takeover():
+                if idle:
                     break
                 if not claims:  # woken early by the database when it can say a run became runnable
                     self.baton.store.wait_for_work(self.baton.settings.poll_seconds, self.stop_event)
@@ -126,25 +136,32 @@ class Worker:
         return outcome
 
     def _claims(self, busy: set[str], limit: int) -> list[Claim]:
-        """Runs to execute now, their leases taken: runnable ones nobody holds (one atomic
-        claim, skipping those other workers are taking), then runs whose owner on this
-        machine is provably dead (its lease need not run out)."""
+        """Runs to execute now, their leases taken: first runs whose owner on this machine
+        is provably dead (they need not wait for its lease to run out, and they were started
+        before anything still queued), then runnable ones nobody holds, in one atomic claim
+        that skips those other workers are taking."""
         store = self.baton.store
         for run_id, head in list(self._stalled.items()):  # a stalled run whose journal moved may go on
             record = store.get_run(run_id)
             if record is None or record.head_seq != head or record.status.terminal:
                 self._stalled.pop(run_id, None)
-        claims = self.baton.claim_runnable(limit, exclude=busy | set(self._stalled))
+        claims: list[Claim] = []
+        for record in store.owned_runs():
+            if len(claims) >= limit:
+                break
+            if (record.run_id not in busy and record.owner not in (self.baton.owner, None)
+                    and owner_alive(record.owner) is False):
+                claim = self.baton.acquire(record.run_id)
+                if claim is not None:
+                    claims.append(claim)
         if len(claims) < limit:
-            taken = busy | {c.record.run_id for c in claims}
-            for record in store.owned_runs():
-                if len(claims) >= limit:
-                    break
-                if (record.run_id not in taken and record.owner not in (self.baton.owner, None)
-                        and owner_alive(record.owner) is False):
-                    claim = self.baton.acquire(record.run_id)
-                    if claim is not None:
-                        claims.append(claim)
+            taken = busy | set(self._stalled) | {c.record.run_id for c in claims}
+            try:
+                claims += self.baton.claim_runnable(limit - len(claims), exclude=taken)
+            except StoreError:
+                if not claims:
+                    raise
+                # The runs taken over already are ours: execute them, and claim more next time.
         return claims
 
     def _awaiting_takeover(self) -> bool:
