@@ -172,13 +172,15 @@ class WorkerChaos:
     to do, and replaced."""
 
     seed: int
-    baton_db: Path
+    database: Path | str
+    """The Baton database the workers use: an SQLite file, or a PostgreSQL URL."""
     env: dict[str, str]
     workdir: Path
     max_kill_delay: float
     stop: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
     kills: list[tuple[int, bool]] = field(default_factory=list)   # (pid, held a run)
+    kill_times: dict[int, float] = field(default_factory=dict)    # pid -> when the SIGKILL was sent
     started: int = 0
     exits: Counter[int] = field(default_factory=Counter)          # return codes of unkilled workers
     errors: list[str] = field(default_factory=list)
@@ -194,9 +196,21 @@ class WorkerChaos:
         for thread in self.threads:
             thread.join(timeout=timeout)
 
+    def held_kills(self) -> int:
+        with self.lock:
+            return sum(1 for _, held in self.kills if held)
+
+    def _connect(self) -> Any:
+        """A connection to the Baton database, for watching who holds what."""
+        if isinstance(self.database, str) and self.database.startswith("postgresql"):
+            import psycopg
+
+            return psycopg.connect(self.database, autocommit=True)
+        return sqlite3.connect(self.database, timeout=30.0)
+
     def slot(self, index: int) -> None:
         rng = random.Random(f"{self.seed}/{index}")
-        conn = sqlite3.connect(self.baton_db, timeout=30.0)
+        conn = self._connect()
         try:
             while not self.stop.is_set():
                 self.cycle(rng, conn, f"worker-{index}.log")
@@ -206,7 +220,7 @@ class WorkerChaos:
         finally:
             conn.close()
 
-    def cycle(self, rng: random.Random, conn: sqlite3.Connection, log: str) -> None:
+    def cycle(self, rng: random.Random, conn: Any, log: str) -> None:
         delay = rng.uniform(0.0, self.max_kill_delay)
         baseline = self.event_count(conn)
         proc = start_worker(self.env, self.workdir, log)
@@ -223,6 +237,7 @@ class WorkerChaos:
         if proc.poll() is None:
             time.sleep(delay)
         held = self.holds(conn, mine)
+        sent_at = time.time()  # before the signal: a takeover may see the process gone at once
         sent = proc.poll() is None
         if sent:
             proc.send_signal(signal.SIGKILL)
@@ -230,13 +245,16 @@ class WorkerChaos:
         with self.lock:
             if sent:
                 self.kills.append((proc.pid, held))
+                self.kill_times[proc.pid] = sent_at
             else:
                 self.exits[rc] += 1
 
     @staticmethod
-    def event_count(conn: sqlite3.Connection) -> int:
+    def event_count(conn: Any) -> int:
         return int(conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
 
     @staticmethod
-    def holds(conn: sqlite3.Connection, owner_pattern: str) -> bool:
-        return conn.execute("SELECT 1 FROM runs WHERE owner LIKE ? LIMIT 1", (owner_pattern,)).fetchone() is not None
+    def holds(conn: Any, owner_pattern: str) -> bool:
+        marker = "?" if isinstance(conn, sqlite3.Connection) else "%s"
+        found = conn.execute(f"SELECT 1 FROM runs WHERE owner LIKE {marker} LIMIT 1", (owner_pattern,))
+        return found.fetchone() is not None

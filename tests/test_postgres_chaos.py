@@ -20,13 +20,12 @@ import os
 import random
 import signal
 import subprocess
-import threading
 import time
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -43,6 +42,7 @@ from baton.journal import events as ev
 from baton.store.postgres import PostgresStore
 from crash_support import (
     SEED_ENV,
+    WorkerChaos,
     connect,
     crash_seed,
     kill_launched,
@@ -296,87 +296,6 @@ class RunSpec:
     crash_steps: list[int]
 
 
-@dataclass
-class PgWorkerChaos:
-    """Keeps one worker process going per slot, each SIGKILLed a random moment (up to
-    ``max_kill_delay`` seconds) after it held a run and the journals grew, or left to exit
-    when it has nothing to do, and replaced (``crash_support.WorkerChaos``, reading the
-    baton database with psycopg, and noting when each kill was sent)."""
-
-    seed: int
-    url: str
-    env: dict[str, str]
-    workdir: Path
-    max_kill_delay: float
-    stop: threading.Event = field(default_factory=threading.Event)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    kills: list[tuple[int, bool, float]] = field(default_factory=list)   # (pid, held a run, time sent)
-    started: int = 0
-    exits: Counter[int] = field(default_factory=Counter)
-    errors: list[str] = field(default_factory=list)
-    threads: list[threading.Thread] = field(default_factory=list)
-
-    def start(self, slots: int) -> None:
-        self.threads = [threading.Thread(target=self.slot, args=(i,), daemon=True) for i in range(slots)]
-        for thread in self.threads:
-            thread.start()
-
-    def halt(self, timeout: float) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=timeout)
-
-    def held_kills(self) -> int:
-        with self.lock:
-            return sum(1 for _, held, _ in self.kills if held)
-
-    def slot(self, index: int) -> None:
-        rng = random.Random(f"{self.seed}/{index}")
-        try:
-            with psycopg.connect(self.url, autocommit=True) as conn:
-                while not self.stop.is_set():
-                    self.cycle(rng, conn, f"worker-{index}.log")
-        except Exception as exc:  # noqa: BLE001 - reported by the test
-            with self.lock:
-                self.errors.append(f"slot {index}: {type(exc).__name__}: {exc}")
-
-    def cycle(self, rng: random.Random, conn: psycopg.Connection[Any], log: str) -> None:
-        delay = rng.uniform(0.0, self.max_kill_delay)
-        baseline = self.event_count(conn)
-        proc = start_worker(self.env, self.workdir, log)
-        with self.lock:
-            self.started += 1
-        mine = f"%:{proc.pid}:%"
-        deadline = time.monotonic() + 20.0
-        while proc.poll() is None and not (self.holds(conn, mine) and self.event_count(conn) > baseline):
-            if time.monotonic() > deadline:
-                with self.lock:
-                    self.errors.append(f"worker {proc.pid} made no progress in 20 s")
-                break
-            time.sleep(0.005)
-        if proc.poll() is None:
-            time.sleep(delay)
-        held = self.holds(conn, mine)
-        sent_at = time.time()  # before the signal: a takeover may see the process gone at once
-        sent = proc.poll() is None
-        if sent:
-            proc.send_signal(signal.SIGKILL)
-        rc = proc.wait(timeout=30)
-        with self.lock:
-            if sent:
-                self.kills.append((proc.pid, held, sent_at))
-            else:
-                self.exits[rc] += 1
-
-    @staticmethod
-    def event_count(conn: psycopg.Connection[Any]) -> int:
-        return count(conn, "SELECT COUNT(*) FROM events")
-
-    @staticmethod
-    def holds(conn: psycopg.Connection[Any], owner_pattern: str) -> bool:
-        return conn.execute("SELECT 1 FROM runs WHERE owner LIKE %s LIMIT 1", (owner_pattern,)).fetchone() is not None
-
-
 def start_runs(baton: Baton, rng: random.Random, service_db: str) -> list[RunSpec]:
     specs = []
     for index in range(RUNS):
@@ -493,7 +412,7 @@ def test_random_sigkills_of_postgres_workers_lose_nothing_and_repeat_nothing(tmp
     pw.init_service(service_db)
     env = worker_env(pg_url, max_recoveries=50)
     baton = Baton(Settings(database_url=pg_url))
-    chaos = PgWorkerChaos(seed, pg_url, env, tmp_path, MAX_KILL_DELAY)
+    chaos = WorkerChaos(seed, pg_url, env, tmp_path, MAX_KILL_DELAY)
     t0 = time.monotonic()
     try:
         specs = start_runs(baton, rng, service_db)
@@ -518,9 +437,9 @@ def test_random_sigkills_of_postgres_workers_lose_nothing_and_repeat_nothing(tmp
         deaths = dict(service.deaths)
         with chaos.lock:
             kills = list(chaos.kills)
-        for pid, _, sent_at in kills:
-            deaths.setdefault(pid, sent_at)
-        mid_work = sum(1 for pid, held, _ in kills if held and pid not in service.deaths)
+            for pid, sent_at in chaos.kill_times.items():
+                deaths.setdefault(pid, sent_at)
+        mid_work = sum(1 for pid, held in kills if held and pid not in service.deaths)
         all_events = {s.run_id: baton.events(s.run_id) for s in specs}
         takeovers = sum(isinstance(e, ev.RunRecovered) for evs in all_events.values() for e in evs)
         reconciled = [e for evs in all_events.values() for e in evs if isinstance(e, ev.StepReconciled)]
