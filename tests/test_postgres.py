@@ -23,7 +23,7 @@ import pytest
 
 from baton import Baton, Context, RunStatus, Settings, UsageError, tool, workflow
 from baton.audit import verify
-from baton.store import open_store
+from baton.store import migrations, open_store
 from baton.store.postgres import PostgresStore
 from baton.testing import FakeClock
 from pg_support import create_database, drop_database, schema_url
@@ -69,7 +69,7 @@ def test_a_database_is_refused_until_upgraded(database: str, tmp_path: Path) -> 
     status = cli(fresh, tmp_path, "db", "status")
     assert "schema version 0, pending: 0001_initial" in " ".join(status.stdout.split())
     upgraded = cli(fresh, tmp_path, "db", "upgrade")
-    assert "schema version 8" in upgraded.stdout
+    assert f"schema version {len(migrations.load('postgres'))}" in upgraded.stdout
     assert "up to date" in cli(fresh, tmp_path, "db", "status").stdout
     open_store(fresh).close()
 

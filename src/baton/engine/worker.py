@@ -36,6 +36,8 @@ class Worker:
         self.concurrency = concurrency
         self.listener = listener
         self.stop_event = threading.Event()
+        self.wake = threading.Event()
+        """Set when a run in hand finishes (a slot is free) or the worker is asked to stop."""
         self.executed = 0
         self._lock = threading.Lock()
         # Runs whose last execution changed nothing (e.g. waiting on code that cannot load),
@@ -46,6 +48,7 @@ class Worker:
         """Take no new runs, and stop the ones in hand at their next step: the step under way
         finishes and is recorded, and the run is left for another worker to continue."""
         self.stop_event.set()
+        self.wake.set()
         self.baton.leases.stop_all()
 
     def run(self, *, until_idle: bool = False) -> int:
@@ -80,11 +83,19 @@ class Worker:
                     self.stop_event.wait(max(1.0, self.baton.settings.poll_seconds))
                     continue
                 for claim in claims:
-                    in_hand[claim.record.run_id] = pool.submit(self._execute, claim)
+                    future = in_hand[claim.record.run_id] = pool.submit(self._execute, claim)
+                    future.add_done_callback(lambda _: self.wake.set())
                 if idle:
                     break
-                if not claims:  # woken early by the database when it can say a run became runnable
-                    self.baton.store.wait_for_work(self.baton.settings.poll_seconds, self.stop_event)
+                if claims:
+                    continue
+                poll = self.baton.settings.poll_seconds
+                if len(in_hand) >= self.concurrency:
+                    self.wake.wait(poll)  # every slot busy: until one frees up
+                else:  # woken early by the database when it can say a run became runnable
+                    self.baton.store.wait_for_work(poll, self.wake)
+                if not self.stop_event.is_set():
+                    self.wake.clear()
         self.checkpoint()  # what this worker did is covered before it goes
         return self.executed
 

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import functools
 import re
+import select
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -53,6 +55,17 @@ class _Adapter:
     def executemany(self, sql: str, params: Any) -> None:
         with self.raw.cursor() as cur:
             cur.executemany(_translate(sql), list(params))
+
+
+def _check_if_disturbed(conn: psycopg.Connection[Any]) -> None:
+    """The pool's check before lending a connection, without a round trip when nothing has
+    happened: an idle connection's socket has nothing to read unless the server closed it
+    (a restart, a timeout) or sent something; only then is it checked properly."""
+    if conn.closed or conn.broken:
+        raise psycopg.OperationalError("the connection is closed")
+    readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    if readable:
+        ConnectionPool.check_connection(conn)
 
 
 def redacted_url(url: str) -> str:
@@ -94,7 +107,7 @@ class PostgresStore(SqlStore):
         self._pool = ConnectionPool(
             url, min_size=1, max_size=max_connections, open=False, name="baton",
             kwargs={"autocommit": True, "connect_timeout": max(1, int(connect_timeout))},
-            check=ConnectionPool.check_connection, timeout=connect_timeout,
+            check=_check_if_disturbed, timeout=connect_timeout,
         )
         try:
             self._pool.open(wait=True, timeout=connect_timeout)
@@ -181,16 +194,18 @@ class PostgresStore(SqlStore):
         conn.execute(f"SELECT pg_notify('{CHANNEL}', ?)", (run_id,))
 
     def wait_for_work(self, timeout: float, stop: threading.Event) -> None:
-        """Return when a run may have become runnable (a notification), or after ``timeout``
-        seconds; ``stop`` is seen at the latest then."""
+        """Return when a run may have become runnable (a notification), when ``stop`` is set
+        (looked at every 50 ms), or after ``timeout`` seconds."""
         try:
             with self._listen_lock:
                 if self._listener is None or self._listener.closed:
                     self._listener = psycopg.connect(self.url, autocommit=True, connect_timeout=5)
                     self._listener.execute(f"LISTEN {CHANNEL}")
                 listener = self._listener
-            for _ in listener.notifies(timeout=timeout, stop_after=1):
-                pass
+            deadline = time.monotonic() + timeout
+            while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
+                if any(True for _ in listener.notifies(timeout=min(left, 0.05), stop_after=1)):
+                    return
         except psycopg.Error:
             with self._listen_lock:
                 if self._listener is not None:

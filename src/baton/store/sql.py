@@ -342,7 +342,7 @@ class SqlStore(ABC):
 
     def runnable(self, now: float, limit: int = 10) -> list[RunRecord]:
         cur = self._query(
-            f"SELECT {_RUN_COLUMNS} FROM {_RUNS} WHERE {_RUNNABLE} "
+            f"SELECT {_RUN_COLUMNS} FROM {_RUNS} WHERE {_RUNNABLE} AND status NOT IN {_TERMINAL} "
             "AND (owner IS NULL OR lease_expires_at < :now) "
             "ORDER BY created_at LIMIT :limit",
             {"now": now, "limit": limit},
@@ -353,7 +353,9 @@ class SqlStore(ABC):
                        exclude: Collection[str] = ()) -> list[tuple[str, str | None]]:
         # Our own lease counts as free: a run we could not let go of (the database was away)
         # and do not have in hand (``exclude``) is ours to go on with.
-        rows_sql = (f"SELECT run_id, owner FROM runs WHERE {_RUNNABLE} "
+        # "status NOT IN" repeats what _RUNNABLE implies, in the words of the partial index
+        # over unfinished runs, so that both databases use it.
+        rows_sql = (f"SELECT run_id, owner FROM runs WHERE {_RUNNABLE} AND status NOT IN {_TERMINAL} "
                     "AND (owner IS NULL OR owner = :owner OR lease_expires_at < :now) ")
         params: dict[str, Any] = {"now": now, "limit": limit, "owner": owner}
         if exclude:

@@ -1,4 +1,5 @@
--- Ids are compared as bytes (COLLATE "C"): prefix lookups are ranges, whatever the locale.
+-- Ids are compared as bytes (COLLATE "C", on every run_id column alike, so joins use the
+-- indexes): prefix lookups are ranges, whatever the locale.
 -- The journal, the run index, and the inbox of requests sent from outside (the same schema
 -- as SQLite's 0001, in PostgreSQL's types). runs.anchor_seq/anchor_hash: the journal head as
 -- of the run's last status change or lease release.
@@ -26,7 +27,7 @@ CREATE INDEX runs_by_created ON runs (created_at);
 CREATE INDEX runs_by_tenant ON runs (tenant, created_at);
 
 CREATE TABLE events (
-    run_id TEXT NOT NULL REFERENCES runs (run_id),
+    run_id TEXT COLLATE "C" NOT NULL REFERENCES runs (run_id),
     seq    BIGINT NOT NULL,
     type   TEXT NOT NULL,
     at     TEXT NOT NULL,
@@ -38,7 +39,7 @@ CREATE TABLE events (
 
 CREATE TABLE signals (
     signal_id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    run_id    TEXT NOT NULL,
+    run_id    TEXT COLLATE "C" NOT NULL,
     name      TEXT NOT NULL,
     data      TEXT NOT NULL,
     sent_at   DOUBLE PRECISION NOT NULL,

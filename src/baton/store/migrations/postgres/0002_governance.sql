@@ -2,7 +2,7 @@
 -- run's journal) and of completed tool calls (for policies that count a principal's calls).
 CREATE TABLE approvals (
     approval_id TEXT COLLATE "C" PRIMARY KEY,
-    run_id      TEXT NOT NULL REFERENCES runs (run_id),
+    run_id      TEXT COLLATE "C" NOT NULL REFERENCES runs (run_id),
     step_id     INTEGER NOT NULL,
     tenant      TEXT,
     requester   TEXT,
@@ -24,7 +24,7 @@ CREATE INDEX approvals_by_status ON approvals (status, tenant);
 CREATE INDEX approvals_by_run ON approvals (run_id);
 
 CREATE TABLE tool_usage (
-    run_id    TEXT NOT NULL REFERENCES runs (run_id),
+    run_id    TEXT COLLATE "C" NOT NULL REFERENCES runs (run_id),
     step_id   INTEGER NOT NULL,
     tenant    TEXT,
     principal TEXT,

@@ -11,7 +11,7 @@ CREATE TABLE checkpoints (
 );
 
 CREATE TABLE checkpoint_heads (
-    run_id     TEXT PRIMARY KEY,
+    run_id     TEXT COLLATE "C" PRIMARY KEY,
     seq        BIGINT NOT NULL,
     hash       TEXT NOT NULL,
     checkpoint BIGINT NOT NULL

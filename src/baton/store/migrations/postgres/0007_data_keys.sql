@@ -3,7 +3,7 @@
 -- erased_at, as the record of when. Not tied to the runs table: a pruned run's archive
 -- stays erasable.
 CREATE TABLE data_keys (
-    run_id TEXT PRIMARY KEY,
+    run_id TEXT COLLATE "C" PRIMARY KEY,
     master_id TEXT,
     wrapped BYTEA,
     created_at DOUBLE PRECISION NOT NULL,
