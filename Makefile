@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/policy_overhead.py
 	$(BIN)/python bench/audit_verify.py
 	$(BIN)/python bench/sealing.py
+	$(BIN)/python bench/throughput.py
 
 clean:
 	rm -rf $(VENV) .baton .pytest_cache .mypy_cache .ruff_cache .hypothesis
