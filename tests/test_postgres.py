@@ -244,3 +244,43 @@ def test_sigterm_hands_the_runs_in_hand_back(url: str, app: str, tmp_path: Path)
             assert sum(e["type"] == "StepRan" for e in shown["journal"]) == 8  # none twice
             assert not [e for e in shown["journal"] if e["type"] == "RunRecovered"]
         assert verify(baton.store).ok
+
+
+def test_erasure_says_when_an_open_transaction_may_keep_the_old_key(url: str, app: str) -> None:
+    import psycopg
+
+    from baton.errors import StoreError
+
+    with Baton(settings(url)) as baton:
+        run_id = baton.start(f"{app}:nap", {"seconds": 0.0})
+        baton.drive(run_id, wait_for_timers=True)
+        reader = psycopg.connect(url, autocommit=False)
+        try:
+            reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            reader.execute("SELECT count(*) FROM runs").fetchone()  # a snapshot, held open
+            with pytest.raises(StoreError, match="run `baton runs forget` again"):
+                baton.forget(run_id)
+        finally:
+            reader.close()
+        again = baton.forget(run_id)
+        assert not again.now  # erased the first time; this time nothing else was open
+
+
+def test_a_worker_without_the_master_key_is_refused(url: str, app: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import base64
+
+    monkeypatch.setenv("BATON_MASTER_KEY", base64.b64encode(os.urandom(32)).decode())
+    with Baton(settings(url)) as baton:
+        baton.start(f"{app}:nap", {"seconds": 0.0})
+    monkeypatch.delenv("BATON_MASTER_KEY")
+    with Baton(settings(url)) as baton, pytest.raises(UsageError, match="set BATON_MASTER_KEY"):
+        baton.start(f"{app}:nap", {"seconds": 0.0})
+
+
+def test_a_database_newer_than_this_baton_is_refused(url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO schema_migrations (version, name, applied_at) VALUES (999, 'future', 0)")
+    with pytest.raises(UsageError, match="newer than this Baton knows"):
+        open_store(url)

@@ -132,8 +132,13 @@ class Baton:
                                      f"but its key file {default} is missing; restore it, or set {MASTER_ENV}")
             if default is None and not os.environ.get(MASTER_ENV):
                 # A shared database (PostgreSQL) given no key: every worker must use the same one.
+                held = self.store.master_key_ids()
                 secret = self.store.shared_master_key(base64.b64encode(os.urandom(32)).decode())
-                self._vault = Vault(self.store, MasterKey(base64.b64decode(secret), "the database"))
+                master = MasterKey(base64.b64decode(secret), "the database")
+                if held and master.id not in held:
+                    raise UsageError(f"this database's data keys were wrapped by master key {', '.join(sorted(held))}, "
+                                     f"which this process was not given: set {MASTER_ENV}")
+                self._vault = Vault(self.store, master)
             else:
                 self._vault = Vault(self.store, MasterKey.load(default))
         return self._vault
@@ -286,18 +291,30 @@ class Baton:
         """Take the lease on up to ``limit`` runnable runs in one atomic step, passing over
         runs other workers are claiming; the caller must :meth:`execute_claim` each."""
         taken = self.store.claim_runnable(self.owner, self.clock.time(), self.settings.lease_seconds, limit,
-                                          exclude)
-        claims = []
-        for run_id, previous in taken:
-            if not self.leases.reserve(run_id):  # in hand in this process already: it keeps the lease
-                continue
-            record = self.store.get_run(run_id)
-            if record is None:  # pruned meanwhile
-                self.leases.remove(run_id)
-                continue
-            why = f"its lease expired ({describe_owner(previous)} stopped renewing it)" if previous else ""
-            claims.append(Claim(record, previous, why))
+                                          {*exclude, *self.leases.reserved()})
+        claims: list[Claim] = []
+        try:
+            for run_id, previous in taken:
+                record = self.store.get_run(run_id)
+                if record is None:  # pruned meanwhile
+                    continue
+                if not self.leases.reserve(run_id):  # in hand in this process already: it keeps the lease
+                    continue
+                why = f"its lease expired ({describe_owner(previous)} stopped renewing it)" if previous else ""
+                claims.append(Claim(record, previous, why))
+        except BaseException:
+            self.give_back(claims)
+            raise
         return claims
+
+    def give_back(self, claims: list[Claim]) -> None:
+        """Let go of claims that will not be executed (best effort: a lease not released
+        runs out)."""
+        for claim in claims:
+            try:
+                self.let_go(claim.record.run_id)
+            except Exception:  # noqa: BLE001 - the lease expires on its own
+                log.warning("could not let go of run %s", claim.record.run_id)
 
     def _execute(self, claim: Claim, listener: Listener | None) -> Outcome | None:
         record, previous = claim.record, claim.previous_owner

@@ -617,6 +617,29 @@ def test_claim_runnable_takes_over_expired_leases_and_says_from_whom(store: Stor
     assert store.claim_runnable("B", T0 + LEASE + 3, LEASE, limit=5, exclude=["r1"]) == []
 
 
+def test_two_workers_claiming_one_run_at_once_never_both_get_it(backend: Backend) -> None:
+    first, second = backend.open(), backend.open()
+    for i in range(30):
+        create(first, f"c{i}", created_at=T0 + i)
+    for i in range(30):
+        results: dict[str, object] = {}
+        start = threading.Barrier(2)
+
+        def claim(store: Store, who: str, run_id: str = f"c{i}", start: threading.Barrier = start,
+                  results: dict[str, object] = results) -> None:
+            start.wait()
+            results[who] = store.claim(run_id, who, T0 + 100, LEASE)
+
+        threads = [threading.Thread(target=claim, args=(s, w)) for s, w in ((first, "A"), (second, "B"))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        winners = [w for w, taken in results.items() if taken]
+        assert len(winners) == 1, (i, results)
+        assert record_of(first, f"c{i}").owner == winners[0]
+
+
 def test_concurrent_claimers_never_take_the_same_run(backend: Backend) -> None:
     first = backend.open()
     for i in range(40):

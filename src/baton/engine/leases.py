@@ -42,6 +42,11 @@ class LeaseKeeper:
             self._reserved.add(run_id)
             return True
 
+    def reserved(self) -> set[str]:
+        """The runs in hand in this process."""
+        with self._lock:
+            return set(self._reserved)
+
     def add(self, execution: Execution) -> None:
         with self._lock:
             self._held[execution.run_id] = execution

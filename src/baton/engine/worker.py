@@ -157,14 +157,18 @@ class Worker:
             if record is None or record.head_seq != head or record.status.terminal:
                 self._stalled.pop(run_id, None)
         claims: list[Claim] = []
-        for record in store.owned_runs():
-            if len(claims) >= limit:
-                break
-            if (record.run_id not in busy and record.owner not in (self.baton.owner, None)
-                    and owner_alive(record.owner) is False):
-                claim = self.baton.acquire(record.run_id)
-                if claim is not None:
-                    claims.append(claim)
+        try:
+            for record in store.owned_runs():
+                if len(claims) >= limit:
+                    break
+                if (record.run_id not in busy and record.owner not in (self.baton.owner, None)
+                        and owner_alive(record.owner) is False):
+                    claim = self.baton.acquire(record.run_id)
+                    if claim is not None:
+                        claims.append(claim)
+        except BaseException:
+            self.baton.give_back(claims)
+            raise
         if len(claims) < limit:
             taken = busy | set(self._stalled) | {c.record.run_id for c in claims}
             try:

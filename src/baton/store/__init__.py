@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UsageError
+from . import migrations
 from .base import NewRun, RunRecord, Signal, Store, StoredKey, Taken
 from .sql import SqlStore
 from .sqlite import Durability, SqliteStore
@@ -31,6 +32,10 @@ def open_store(url: str, *, durability: Durability = "full", schema: str = "curr
         from .postgres import PostgresStore  # psycopg is loaded only when it is used
 
         store = PostgresStore(url, migrate=False)
+        if schema == "current" and (version := store.schema_version()) > len(migrations.load("postgres")):
+            store.close()
+            raise UsageError(f"the PostgreSQL database {store.location} is at schema version {version}, newer "
+                             "than this Baton knows: upgrade Baton")
         if schema == "current" and (pending := store.pending_migrations()):
             store.close()
             raise UsageError(f"the PostgreSQL database {store.location} is at schema version "

@@ -37,7 +37,8 @@ CHANNEL = "baton_runs"
 @functools.lru_cache(maxsize=1024)
 def _translate(sql: str) -> str:
     """The shared SQL's ``?`` and ``:name`` placeholders as psycopg's ``%s`` and ``%(name)s``."""
-    assert "%" not in sql, sql
+    if "%" in sql:  # psycopg would read it as a placeholder; the shared SQL never needs one
+        raise ValueError(f"a literal % in SQL meant for PostgreSQL: {sql}")
     return re.sub(r"(?<![:\w]):([A-Za-z_]\w*)", r"%(\1)s", sql).replace("?", "%s")
 
 
@@ -63,8 +64,9 @@ def _check_if_disturbed(conn: psycopg.Connection[Any]) -> None:
     (a restart, a timeout) or sent something; only then is it checked properly."""
     if conn.closed or conn.broken:
         raise psycopg.OperationalError("the connection is closed")
-    readable, _, _ = select.select([conn.fileno()], [], [], 0)
-    if readable:
+    poller = select.poll()  # not select.select: it fails on descriptors past 1023
+    poller.register(conn.fileno(), select.POLLIN)
+    if poller.poll(0):
         ConnectionPool.check_connection(conn)
 
 
@@ -190,6 +192,9 @@ class PostgresStore(SqlStore):
 
     # -- waking workers -------------------------------------------------------------
 
+    def _lock_blobs(self, conn: _Adapter) -> None:
+        conn.execute("LOCK TABLE blobs IN SHARE ROW EXCLUSIVE MODE")
+
     def _notify(self, conn: _Adapter, run_id: str) -> None:
         conn.execute(f"SELECT pg_notify('{CHANNEL}', ?)", (run_id,))
 
@@ -223,9 +228,20 @@ class PostgresStore(SqlStore):
                 conn.execute("DELETE FROM data_keys WHERE run_id = ?", (run_id,))
                 conn.execute("INSERT INTO data_keys (run_id, created_at, erased_at) VALUES (?, ?, ?)",
                              (run_id, row[0], now))
-        # The deleted row version stays in the table's file until it is rewritten.
+        # The deleted row version stays in the table's file until it is rewritten, and a
+        # rewrite keeps it while an older snapshot could still see it.
         with self._autocommit() as conn:
-            conn.execute("VACUUM (FULL) data_keys")
+            older = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE backend_xmin IS NOT NULL "
+                                 "AND pid <> pg_backend_pid() AND datname = current_database()").fetchone()
+            conn.execute("SET lock_timeout = '10s'")
+            try:
+                conn.execute("VACUUM (FULL) data_keys")
+            finally:
+                conn.execute("RESET lock_timeout")
+        if older is not None and older[0]:
+            raise StoreError(f"run {run_id}'s data key was erased, but {older[0]} transaction(s) open elsewhere "
+                             "may keep its old row in the table's file; run `baton runs forget` again when "
+                             "they have finished", run_id=run_id, retryable=True)
         return row is not None
 
     def send_signal(self, run_id: str, name: str, data: str, now: float) -> int:

@@ -507,9 +507,18 @@ class SqlStore(ABC):
         )
         return [_run(row) for row in cur]
 
+    def _lock_blobs(self, conn: Connection) -> None:
+        """Keep appends from adding or reusing blobs while unused ones are found and deleted
+        (SQLite's transactions already admit one writer)."""
+        return None
+
     def prune(self, runs: Sequence[RunRecord], archive: str, now: float) -> int:
         with self._tx() as conn:
+            self._lock_blobs(conn)
             for run in runs:
+                # Locked, so that no append (whose journal row refers to the run) lands after
+                # the head is checked and is then deleted unarchived.
+                conn.execute(f"SELECT 1 FROM runs WHERE run_id = ?{self.for_update}", (run.run_id,))
                 head = conn.execute("SELECT seq, hash FROM events WHERE run_id = ? ORDER BY seq DESC LIMIT 1",
                                     (run.run_id,)).fetchone()
                 if head is None or (head[0], head[1]) != (run.head_seq, run.head_hash):
