@@ -31,6 +31,10 @@ from ..errors import StoreError
 from .sql import SqlStore
 
 CHANNEL = "baton_runs"
+_KEEPALIVES: dict[str, Any] = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
+                                "keepalives_count": 3}
+"""A connection whose server vanished without closing it (a network partition) is noticed
+within about a minute, rather than waited on for ever."""
 """Notified with a run id whenever a run may have become runnable."""
 
 
@@ -108,7 +112,7 @@ class PostgresStore(SqlStore):
             raise StoreError(f"cannot connect to PostgreSQL at {self.location}: {reason}", retryable=True) from None
         self._pool = ConnectionPool(
             url, min_size=1, max_size=max_connections, open=False, name="baton",
-            kwargs={"autocommit": True, "connect_timeout": max(1, int(connect_timeout))},
+            kwargs={"autocommit": True, "connect_timeout": max(1, int(connect_timeout)), **_KEEPALIVES},
             check=_check_if_disturbed, timeout=connect_timeout,
         )
         try:
@@ -204,7 +208,7 @@ class PostgresStore(SqlStore):
         try:
             with self._listen_lock:
                 if self._listener is None or self._listener.closed:
-                    self._listener = psycopg.connect(self.url, autocommit=True, connect_timeout=5)
+                    self._listener = psycopg.connect(self.url, autocommit=True, connect_timeout=5, **_KEEPALIVES)
                     self._listener.execute(f"LISTEN {CHANNEL}")
                 listener = self._listener
             deadline = time.monotonic() + timeout

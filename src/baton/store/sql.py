@@ -223,7 +223,7 @@ class SqlStore(ABC):
                 return
             with self._tx() as conn:
                 self._apply(conn, run_id, rows, update, now)
-                if update.status is not None:
+                if update.status in (RunStatus.PENDING, RunStatus.RUNNING):  # runnable now: say so
                     self._notify(conn, run_id)
         except self.integrity_errors as exc:
             if self.get_run(run_id) is None:
