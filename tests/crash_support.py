@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import secrets
 import signal
 import sqlite3
 import subprocess
@@ -18,7 +19,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,6 +102,66 @@ def replayed_result(conn: sqlite3.Connection, key: str) -> dict[str, Any] | None
     return result
 
 
+PAYMENT_TABLES = """
+CREATE TABLE IF NOT EXISTS effects (
+    key TEXT PRIMARY KEY,
+    run TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    amount INTEGER NOT NULL,
+    result TEXT NOT NULL,
+    replays INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS ledger (
+    entry INTEGER PRIMARY KEY AUTOINCREMENT,
+    tool TEXT NOT NULL,
+    key TEXT NOT NULL,
+    run TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    amount INTEGER NOT NULL
+);
+"""
+"""The fake payment service of ``crash_workflows.py`` and ``pg_chaos_workflows.py``:
+``effects`` holds the idempotent charges (a repeated key returns the first result and bumps
+``replays``), ``ledger`` the non-idempotent entries, one row per call."""
+
+SelfKill = Callable[[sqlite3.Connection, str, str], bool]
+"""Inside the call's transaction (connection, key, tool): should this call kill its process?"""
+
+
+def apply_charge(db: str, run: str, step: int, amount: int, key: str, self_kill: SelfKill | None) -> dict[str, Any]:
+    """An idempotent charge: applied once per key, the first result returned for a repeat.
+    With ``self_kill`` saying so, the process dies right after the charge is applied."""
+    with transaction(db) as conn:
+        result = replayed_result(conn, key)
+        if result is None:
+            result = {"charge_id": f"ch_{secrets.token_hex(6)}", "amount": amount}
+            conn.execute("INSERT INTO effects (key, run, step, amount, result) VALUES (?, ?, ?, ?, ?)",
+                         (key, run, step, amount, json.dumps(result)))
+        kill = self_kill is not None and self_kill(conn, key, "charge")
+    if kill:
+        die()
+    return result
+
+
+def append_ledger(db: str, tool_name: str, run: str, step: int, amount: int, key: str,
+                  self_kill: SelfKill | None) -> int:
+    """A non-idempotent ledger entry: one row per call, whatever the key. With ``self_kill``
+    saying so, the process dies right after the entry is written."""
+    with transaction(db) as conn:
+        entry = conn.execute("INSERT INTO ledger (tool, key, run, step, amount) VALUES (?, ?, ?, ?, ?)",
+                             (tool_name, key, run, step, amount)).lastrowid
+        kill = self_kill is not None and self_kill(conn, key, tool_name)
+    if kill:
+        die()
+    assert entry is not None
+    return entry
+
+
+def kill_after_once(conn: sqlite3.Connection, key: str, tool_name: str) -> bool:
+    """The usual :data:`SelfKill`: the first call for ``key`` dies after its effect."""
+    return first_self_kill(conn, key, tool_name, "after")
+
+
 def find_ledger_entry(db: str, idempotency_key: str) -> Reconciled:
     """The reconcile hook of a ledger tool: did the call with this key reach the ledger?"""
     with closing(connect(db)) as conn:
@@ -111,6 +172,18 @@ def find_ledger_entry(db: str, idempotency_key: str) -> Reconciled:
 
 
 # -- in the test process ----------------------------------------------------------------------
+
+
+@dataclass
+class RunSpec:
+    """A payments run as a test started it: its steps' tools and amounts, and the steps
+    whose first call kills its worker."""
+
+    run_id: str
+    plan: list[str]
+    amounts: list[int]
+    crash_steps: list[int]
+
 
 SEED_ENV = "BATON_CRASH_SEED"
 WORKER_CODE = "from baton import Baton; Baton().worker(concurrency=2).run(until_idle=True)"

@@ -26,6 +26,7 @@ from baton.journal import events as ev
 from baton.journal import verify_chain
 from crash_support import (
     SEED_ENV,
+    RunSpec,
     WorkerChaos,
     connect,
     crash_seed,
@@ -54,14 +55,6 @@ UNFINISHED = ("pending", "running", "sleeping", "waiting")
 def _no_worker_left_behind() -> Iterator[None]:
     yield
     kill_launched()
-
-
-@dataclass
-class RunSpec:
-    run_id: str
-    plan: list[str]
-    amounts: list[int]
-    crash_steps: list[int]
 
 
 @dataclass

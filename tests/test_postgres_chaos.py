@@ -42,6 +42,7 @@ from baton.journal import events as ev
 from baton.store.postgres import PostgresStore
 from crash_support import (
     SEED_ENV,
+    RunSpec,
     WorkerChaos,
     connect,
     crash_seed,
@@ -286,14 +287,6 @@ KILL_TARGET = 45        # ... after which the chaos stops and calm workers finis
 CHAOS_BUDGET = 60.0     # seconds of chaos at most
 MAX_KILL_DELAY = 0.8    # after the worker's first progress, kill within this many seconds
 WIRE_SHARE = 0.25       # runs with one step that cannot be reconciled
-
-
-@dataclass
-class RunSpec:
-    run_id: str
-    plan: list[str]
-    amounts: list[int]
-    crash_steps: list[int]
 
 
 def start_runs(baton: Baton, rng: random.Random, service_db: str) -> list[RunSpec]:

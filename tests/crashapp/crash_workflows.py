@@ -14,8 +14,6 @@ service keeps its state in its own SQLite file (``db``, passed in every tool cal
 
 from __future__ import annotations
 
-import json
-import secrets
 import sys
 import time
 from pathlib import Path
@@ -28,40 +26,23 @@ from baton import Context, tool, workflow
 sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 from crash_support import (
+    PAYMENT_TABLES,
     SERVICE_TABLES,
+    append_ledger,
+    apply_charge,
     create_tables,
     die,
     find_ledger_entry,
-    first_self_kill,
+    kill_after_once,
     network_pause,
     record_invocation,
-    replayed_result,
-    transaction,
 )
 
 WORKFLOWS_FILE = Path(__file__).resolve()
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS effects (
-    key TEXT PRIMARY KEY,
-    run TEXT NOT NULL,
-    step INTEGER NOT NULL,
-    amount INTEGER NOT NULL,
-    result TEXT NOT NULL,
-    replays INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS ledger (
-    entry INTEGER PRIMARY KEY AUTOINCREMENT,
-    key TEXT NOT NULL,
-    run TEXT NOT NULL,
-    step INTEGER NOT NULL,
-    amount INTEGER NOT NULL
-);
-"""
-
 
 def init_service(db: str) -> None:
-    create_tables(db, SERVICE_TABLES + SCHEMA)
+    create_tables(db, SERVICE_TABLES + PAYMENT_TABLES)
 
 
 def _pause() -> None:
@@ -78,33 +59,12 @@ def charge(db: str, run: str, step: int, amount: int, crash: bool = False, *,
     the first call for a key applies the charge and then kills its own process."""
     record_invocation(db, "charge", idempotency_key)
     _pause()
-    with transaction(db) as conn:
-        result = replayed_result(conn, idempotency_key)
-        if result is None:
-            result = {"charge_id": f"ch_{secrets.token_hex(6)}", "amount": amount}
-            conn.execute(
-                "INSERT INTO effects (key, run, step, amount, result) VALUES (?, ?, ?, ?, ?)",
-                (idempotency_key, run, step, amount, json.dumps(result)),
-            )
-        kill = crash and first_self_kill(conn, idempotency_key, "charge", "after")
-    if kill:
-        die()
+    result = apply_charge(db, run, step, amount, idempotency_key, kill_after_once if crash else None)
     _pause()
     return result
 
 
 # -- the non-idempotent tool, with a reconcile hook ----------------------------------------
-
-
-def _append_ledger(db: str, run: str, step: int, amount: int, key: str, crash_tool: str | None) -> int:
-    with transaction(db) as conn:
-        entry = conn.execute("INSERT INTO ledger (key, run, step, amount) VALUES (?, ?, ?, ?)",
-                             (key, run, step, amount)).lastrowid
-        kill = crash_tool is not None and first_self_kill(conn, key, crash_tool, "after")
-    if kill:
-        die()
-    assert entry is not None
-    return entry
 
 
 @tool(reconcile=find_ledger_entry)
@@ -115,7 +75,7 @@ def record(db: str, run: str, step: int, amount: int, crash: bool = False, *,
     then kills its own process before returning."""
     record_invocation(db, "record", idempotency_key)
     _pause()
-    entry = _append_ledger(db, run, step, amount, idempotency_key, "record" if crash else None)
+    entry = append_ledger(db, "record", run, step, amount, idempotency_key, kill_after_once if crash else None)
     _pause()
     return {"entry": entry, "amount": amount}
 
@@ -160,7 +120,7 @@ def transfer(db: str, run: str, step: int, amount: int, *, idempotency_key: str)
     """Moves money and has no way to ask whether a call took effect. Hangs after the effect
     so that the test can kill its worker mid-call."""
     record_invocation(db, "transfer", idempotency_key)
-    entry = _append_ledger(db, run, step, amount, idempotency_key, None)
+    entry = append_ledger(db, "transfer", run, step, amount, idempotency_key, None)
     time.sleep(60)
     return {"entry": entry, "amount": amount}
 

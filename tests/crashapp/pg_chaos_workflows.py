@@ -22,9 +22,7 @@ name a process other than the run's owner at that point was written by a stale w
 
 from __future__ import annotations
 
-import json
 import os
-import secrets
 import sqlite3
 import sys
 import time
@@ -39,14 +37,14 @@ from baton import Context, Reconciled, tool, workflow
 sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 from crash_support import (
+    PAYMENT_TABLES,
     SERVICE_TABLES,
+    append_ledger,
+    apply_charge,
     connect,
     create_tables,
-    die,
     first_self_kill,
     network_pause,
-    replayed_result,
-    transaction,
 )
 
 WORKFLOWS_FILE = Path(__file__).resolve()
@@ -59,22 +57,6 @@ CREATE TABLE IF NOT EXISTS calls (
     pid INTEGER NOT NULL,
     at REAL NOT NULL
 );
-CREATE TABLE IF NOT EXISTS effects (
-    key TEXT PRIMARY KEY,
-    run TEXT NOT NULL,
-    step INTEGER NOT NULL,
-    amount INTEGER NOT NULL,
-    result TEXT NOT NULL,
-    replays INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS ledger (
-    entry INTEGER PRIMARY KEY AUTOINCREMENT,
-    tool TEXT NOT NULL,
-    key TEXT NOT NULL,
-    run TEXT NOT NULL,
-    step INTEGER NOT NULL,
-    amount INTEGER NOT NULL
-);
 CREATE TABLE IF NOT EXISTS deaths (
     pid INTEGER PRIMARY KEY,
     key TEXT NOT NULL,
@@ -84,7 +66,7 @@ CREATE TABLE IF NOT EXISTS deaths (
 
 
 def init_service(db: str) -> None:
-    create_tables(db, SERVICE_TABLES + SCHEMA)
+    create_tables(db, SERVICE_TABLES + PAYMENT_TABLES + SCHEMA)
 
 
 def log_call(db: str, tool_name: str, key: str) -> None:
@@ -105,30 +87,6 @@ def _pause() -> None:
     network_pause(0.001, 0.008)
 
 
-def _apply_charge(db: str, run: str, step: int, amount: int, key: str, crash: bool) -> dict[str, Any]:
-    with transaction(db) as conn:
-        result = replayed_result(conn, key)
-        if result is None:
-            result = {"charge_id": f"ch_{secrets.token_hex(6)}", "amount": amount}
-            conn.execute("INSERT INTO effects (key, run, step, amount, result) VALUES (?, ?, ?, ?, ?)",
-                         (key, run, step, amount, json.dumps(result)))
-        kill = crash and _kill_once(conn, key, "charge")
-    if kill:
-        die()
-    return result
-
-
-def _append_ledger(db: str, tool_name: str, run: str, step: int, amount: int, key: str, crash: bool) -> int:
-    with transaction(db) as conn:
-        entry = conn.execute("INSERT INTO ledger (tool, key, run, step, amount) VALUES (?, ?, ?, ?, ?)",
-                             (tool_name, key, run, step, amount)).lastrowid
-        kill = crash and _kill_once(conn, key, tool_name)
-    if kill:
-        die()
-    assert entry is not None
-    return entry
-
-
 # -- the tools ------------------------------------------------------------------------------
 
 
@@ -140,7 +98,7 @@ def charge(db: str, run: str, step: int, amount: int, crash: bool = False, *,
     and then kills its own process."""
     log_call(db, "charge", idempotency_key)
     _pause()
-    result = _apply_charge(db, run, step, amount, idempotency_key, crash)
+    result = apply_charge(db, run, step, amount, idempotency_key, _kill_once if crash else None)
     _pause()
     return {**result, "pid": os.getpid()}
 
@@ -152,7 +110,7 @@ def slow_charge(db: str, run: str, step: int, amount: int, seconds: float, *,
     logged) at once, the charge is applied at the end."""
     log_call(db, "slow_charge", idempotency_key)
     time.sleep(seconds)
-    result = _apply_charge(db, run, step, amount, idempotency_key, False)
+    result = apply_charge(db, run, step, amount, idempotency_key, None)
     return {**result, "pid": os.getpid()}
 
 
@@ -173,7 +131,7 @@ def record(db: str, run: str, step: int, amount: int, crash: bool = False, *,
     then kills its own process before returning."""
     log_call(db, "record", idempotency_key)
     _pause()
-    entry = _append_ledger(db, "record", run, step, amount, idempotency_key, crash)
+    entry = append_ledger(db, "record", run, step, amount, idempotency_key, _kill_once if crash else None)
     _pause()
     return {"entry": entry, "amount": amount, "pid": os.getpid()}
 
@@ -185,7 +143,7 @@ def wire(db: str, run: str, step: int, amount: int, crash: bool = False, *,
     interrupted after its start is in doubt for good, and needs a person."""
     log_call(db, "wire", idempotency_key)
     _pause()
-    entry = _append_ledger(db, "wire", run, step, amount, idempotency_key, crash)
+    entry = append_ledger(db, "wire", run, step, amount, idempotency_key, _kill_once if crash else None)
     _pause()
     return {"entry": entry, "amount": amount, "pid": os.getpid()}
 
