@@ -58,6 +58,8 @@ def test_detectors_recognise(text: str, kind: str) -> None:
     "version 1.2.3", "AKIA-too-short", "not@an", "12345678",
     "DE89 3704 0044 0532 0130 01",  # IBAN check digits wrong
     "000-12-3456", "ORDER12345678901234",
+    "check idempotency key 1a21923501815557a43d1:6",  # a Luhn-valid digit run inside a run id
+    "sha 9f21923501815557e0", "ref X123-45-6789",
 ])
 def test_detectors_leave_ordinary_text_alone(text: str) -> None:
     assert detect(text) is None

@@ -18,12 +18,15 @@ import functools
 import re
 
 _EMAIL = r"(?P<email>[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})"
-_CARD = r"(?P<card>(?<![0-9-])[0-9](?:[ -]?[0-9]){12,18}(?![0-9-]))"
+# Card numbers and SSNs stand on their own: digits inside a longer token (a run id, a hash,
+# an idempotency key such as ``1a2192350181555:6``) are part of an identifier, not a card.
+_CARD = r"(?P<card>(?<![0-9A-Za-z-])[0-9](?:[ -]?[0-9]){12,18}(?![0-9A-Za-z-]))"
 _PHONE = (r"(?P<phone>(?<![\w+])(?:\+[0-9][0-9 ().-]{7,18}[0-9]"
           r"|\([0-9]{3}\)[ .-]?[0-9]{3}[ .-][0-9]{4}|[0-9]{3}[.-][0-9]{3}[.-][0-9]{4})(?![\w-]))")
 _AWS_KEY = r"(?P<aws_key>(?<![A-Z0-9])(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}(?![A-Z0-9]))"
 _IBAN = r"(?P<iban>(?<![A-Za-z0-9])[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,30}(?![A-Za-z0-9]))"
-_SSN = r"(?P<ssn>(?<![0-9-])(?!000|666|9[0-9]{2})[0-9]{3}-(?!00)[0-9]{2}-(?!0000)[0-9]{4}(?![0-9-]))"
+_SSN = (r"(?P<ssn>(?<![0-9A-Za-z-])(?!000|666|9[0-9]{2})[0-9]{3}-(?!00)[0-9]{2}-(?!0000)[0-9]{4}"
+        r"(?![0-9A-Za-z-]))")
 _JWT = r"(?P<jwt>eyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{10,})"
 
 # Card before phone: a grouped card number would otherwise be read as a phone number.
