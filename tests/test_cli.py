@@ -190,24 +190,8 @@ def test_embedded_example_runs(tmp_path: Path) -> None:
     assert "SignalReceived" in proc.stdout and "RunCompleted" in proc.stdout
 
 
-SLOW = textwrap.dedent("""
-    import time
-    from baton import Context, tool, workflow
-
-    @tool(idempotent=True)
-    def slow(i: int) -> int:
-        time.sleep(0.5)
-        return i
-
-    @workflow
-    def steps(ctx: Context, n: int) -> int:
-        return sum(ctx.call(slow, i) for i in range(n))
-""")
-
-
 def test_sigterm_stops_a_worker_between_steps_and_another_finishes(tmp_path: Path) -> None:
-    script = tmp_path / "slow.py"
-    script.write_text(SLOW)
+    script = ROOT / "tests" / "crashapp" / "worker_workflows.py"
     env = {**os.environ, "BATON_DATABASE_URL": f"sqlite:///{tmp_path}/baton.db"}
     baton(tmp_path, "db", "upgrade")
     code = (f"from baton import Baton; b = Baton(); print(b.start({str(script) + ':steps'!r}, {{'n': 10}}))")

@@ -12,7 +12,6 @@ import secrets
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -128,35 +127,10 @@ def test_a_governed_run_with_sensitive_data_on_postgres(url: str, tmp_path: Path
         assert rows and not any("pat@example.com" in data for (data,) in rows)
 
 
-WORKFLOWS = textwrap.dedent("""
-    import time
-    from baton import Context, tool, workflow
-
-    @tool(idempotent=True)
-    def slow(i: int) -> int:
-        time.sleep(0.5)
-        return i
-
-    @workflow
-    def steps(ctx: Context, n: int) -> int:
-        return sum(ctx.call(slow, i) for i in range(n))
-
-    @workflow
-    def nap(ctx: Context, seconds: float) -> str:
-        ctx.sleep(seconds)
-        return "rested"
-
-    @workflow
-    def ask(ctx: Context) -> object:
-        return ctx.wait_for("answer")
-""")
-
-
 @pytest.fixture
-def app(tmp_path: Path) -> str:
-    path = tmp_path / "app.py"
-    path.write_text(WORKFLOWS)
-    return str(path)
+def app() -> str:
+    """Where the workflows the worker processes load are (slow steps, a timer, a signal)."""
+    return str(Path(__file__).parent / "crashapp" / "worker_workflows.py")
 
 
 def test_a_timer_set_by_one_worker_fires_on_another(url: str, app: str, tmp_path: Path) -> None:
