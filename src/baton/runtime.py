@@ -319,7 +319,7 @@ class Baton:
     def _execute(self, claim: Claim, listener: Listener | None) -> Outcome | None:
         record, previous = claim.record, claim.previous_owner
         sealer = self.sealer(record.run_id)
-        events = [sealer.open(decode(row, self.store.blob)) for row in self.store.read(record.run_id)]
+        events = self.opened_events(record.run_id, sealer)
         workflow: Workflow | None = None
         load_error = ""
         try:
@@ -537,11 +537,13 @@ class Baton:
         """The run's events as stored, sensitive values sealed; with ``reveal``, opened
         with the run's data key (:class:`~baton.errors.DataErased` once it is destroyed)."""
         run_id = self.resolve_run_id(run_id)
-        events = [decode(row, self.store.blob) for row in self.journal(run_id)]
-        if not reveal:
-            return events
-        sealer = self.sealer(run_id, create=False)
-        return [sealer.open(event) for event in events]
+        if reveal:
+            return self.opened_events(run_id, self.sealer(run_id, create=False))
+        return [decode(row, self.store.blob) for row in self.store.read(run_id)]
+
+    def opened_events(self, run_id: str, sealer: Sealer) -> list[ev.Event]:
+        """A run's events as the engine replays them: read, decoded, sensitive values opened."""
+        return [sealer.open(decode(row, self.store.blob)) for row in self.store.read(run_id)]
 
     def result(self, run_id: str) -> Any:
         """What a completed run's workflow returned, sensitive values included."""

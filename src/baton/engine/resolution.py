@@ -7,7 +7,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BatonError, UsageError
-from ..journal import RunStatus, decode
+from ..journal import RunStatus
 from ..journal import events as ev
 from ..tools import Tool
 from .execution import Execution
@@ -30,7 +30,7 @@ def resolve_step(baton: Baton, run_id: str, step_id: int, *, applied: bool, resu
     record = claim.record
     try:
         sealer = baton.sealer(run_id)
-        events = [sealer.open(decode(r, baton.store.blob)) for r in baton.store.read(run_id)]
+        events = baton.opened_events(run_id, sealer)
         x = Execution(store=baton.store, settings=baton.settings, clock=baton.clock,
                       pool=baton.pool, run=record, events=events, governance=baton.governance, sealer=sealer)
         rec = x.state.steps.get(step_id)
