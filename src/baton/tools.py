@@ -120,6 +120,14 @@ class Tool(Generic[P, R]):
     sensitive: tuple[str, ...] = ()
     """Keys whose values are sensitive wherever they appear in the arguments or result,
     besides parameters and fields marked ``Annotated[..., Sensitive]``."""
+    read_only: bool = False
+    """The tool changes nothing (a lookup). Shown to policy; an agent does not pin its results as facts."""
+    destructive: bool = False
+    """The tool may destroy or overwrite something (MCP's ``destructiveHint``). Shown to policy."""
+    spent: Callable[[Any], float] | None = None
+    """The spend of a call known only from its result (a model call's price), for budgets."""
+    governed: bool = True
+    """Policy decides each call. Model calls are not governed (they act on nothing); budgets still count them."""
 
     def __post_init__(self) -> None:
         signature = evaluated_signature(self.fn)
@@ -203,6 +211,14 @@ class Tool(Generic[P, R]):
     def tokens_of(self, result: Any) -> int:
         return 0 if self.tokens is None else int(self.tokens(result))
 
+    def spent_of(self, result: Any) -> float:
+        if self.spent is None:
+            return 0.0
+        value = float(self.spent(result))
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"spend of {self.name} must be a finite number of 0 or more, not {value}")
+        return value
+
     def run_compensation(self, args: dict[str, Any], result: Any, key: str) -> Any:
         assert self.compensate is not None
         values = {**args, "result": result, IDEMPOTENCY_KEY: f"{key}:compensate"}
@@ -245,6 +261,8 @@ def tool(
     cost: Callable[..., float] | None = None,
     tokens: Callable[[Any], int] | None = None,
     sensitive: Iterable[str] = (),
+    read_only: bool = False,
+    destructive: bool = False,
 ) -> Callable[[Callable[P, R]], Tool[P, R]]: ...
 
 
@@ -267,6 +285,8 @@ def tool(
     cost: Callable[..., float] | None = None,
     tokens: Callable[[Any], int] | None = None,
     sensitive: Iterable[str] = (),
+    read_only: bool = False,
+    destructive: bool = False,
 ) -> Tool[P, R] | Callable[[Callable[P, R]], Tool[P, R]]:
     """Declare a tool.
 
@@ -277,7 +297,9 @@ def tool(
 
     For governance: ``role`` is the role the tool runs under, ``resource`` what policy sees
     it act on (``"Order::{order_id}"``), ``cost`` its spend from its arguments and
-    ``tokens`` the model tokens it used, from its result.
+    ``tokens`` the model tokens it used, from its result. ``read_only`` and
+    ``destructive`` describe what the tool does to the world; policy sees both
+    (``context.tool.read_only``).
 
     ``sensitive`` names keys whose values are sealed wherever they appear in the arguments
     or the result (as are parameters and fields marked ``Annotated[str, Sensitive]``).
@@ -300,6 +322,8 @@ def tool(
             cost=cost,
             tokens=tokens,
             sensitive=tuple(sensitive),
+            read_only=read_only,
+            destructive=destructive,
         )
 
     return wrap(fn) if fn is not None else wrap

@@ -80,6 +80,7 @@ class Guard:
                     count, total = self.per_tool.get(tool.name, (0, 0.0))
                     self.per_tool[tool.name] = (count + 1, total + cost)
                     self.usage.tokens += self.tokens(tool, rec.result)
+                    self.usage.spend += self.spent(tool, rec.result)
         self._counted = max(self._counted, x.position - 1)
         return self.usage
 
@@ -95,7 +96,14 @@ class Guard:
         return self._declared("cost", tool, lambda: tool.cost_of(tool.validate(args)[0]))
 
     def tokens(self, tool: Tool[Any, Any], result: Any) -> int:
+        if tool.tokens is None:
+            return 0
         return self._declared("tokens", tool, lambda: tool.tokens_of(tool.decode_result(result)))
+
+    def spent(self, tool: Tool[Any, Any], result: Any) -> float:
+        if tool.spent is None:
+            return 0.0
+        return self._declared("spend", tool, lambda: tool.spent_of(tool.decode_result(result)))
 
     def _declared(self, what: str, tool: Tool[Any, Any], compute: Callable[[], T]) -> T:
         """Run a function the tool declared: a broken one fails the run, never passes silently."""
@@ -135,7 +143,7 @@ class Guard:
                args_json: dict[str, Any]) -> tuple[Verdict, ev.PolicyDecided] | None:
         """Ask policy about the call; ``None`` when no policy is in force."""
         engine = self.governance.policies
-        if engine is None or not engine.active:
+        if engine is None or not engine.active or not tool.governed:
             return None
         engine.refresh()
         try:
@@ -159,7 +167,8 @@ class Guard:
             request = PolicyRequest(
                 principal=self.principal, tool=tool.name, resource=resource, args=args_json,
                 context={
-                    "tool": {"name": tool.name, "role": tool.role, "idempotent": tool.idempotent, "cost": cost},
+                    "tool": {"name": tool.name, "role": tool.role, "idempotent": tool.idempotent, "cost": cost,
+                             "read_only": tool.read_only, "destructive": tool.destructive},
                     "run": {"id": self.x.run_id, "steps": usage.steps, "spend": usage.spend},
                     # ``after``: the total with this call's cost added (Cedar cannot add decimals).
                     "history": {"run": {"count": run_count, "total": run_total, "after": run_total + cost},

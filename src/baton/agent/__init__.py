@@ -1,0 +1,1 @@
+"""Agents: a model decides the next step; Baton makes the loop durable and governed."""
