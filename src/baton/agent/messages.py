@@ -91,6 +91,9 @@ class ModelRequest(_Frozen):
     max_tokens: int = 1024
     temperature: float | None = None
     purpose: Purpose = "turn"
+    turn: int = 0
+    """Which turn of the run's loop this call is (1-based; 0 for a plan or summary).
+    Adapters ignore it; a scripted model uses it to pick its answer in any process."""
 
 
 class TokenUsage(_Frozen):

@@ -47,6 +47,39 @@ def status_text(status: str) -> str:
     return f"[{STATUS_STYLE.get(status, 'white')}]{status}[/]"
 
 
+def _one_line(text: Any, limit: int) -> str:
+    flat = " ".join(str(masked(text)).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def model_line(sid: int, name: str, args: dict[str, Any], result: Any) -> str | None:
+    """An agent's model step in a line: what it proposed or answered, and what it cost;
+    ``None`` if the step is not one."""
+    if name not in ("model", "model.plan", "model.summary") or not isinstance(result, dict) \
+            or not isinstance(result.get("message"), dict):
+        return None
+    parts = [p for p in result["message"].get("content", []) if isinstance(p, dict)]
+    text = _one_line(" ".join(str(p.get("text", "")) for p in parts if p.get("type") == "text"), 160)
+    usage = result.get("usage") if isinstance(result.get("usage"), dict) else {}
+    tokens = int(usage.get("input_tokens", 0)) + int(usage.get("output_tokens", 0))
+    if name == "model.plan":
+        return f"[cyan]✎ step {sid}[/] plan: {escape(text)} [dim]({tokens} tokens)[/]"
+    if name == "model.summary":
+        return f"[cyan]≡ step {sid}[/] older turns summarised: {escape(text)} [dim]({tokens} tokens)[/]"
+    calls = [call_text(str(p.get("name")), p["args"] if isinstance(p.get("args"), dict) else {"args": p.get("args")})
+             for p in parts if p.get("type") == "tool_call"]
+    request = args.get("request") if isinstance(args.get("request"), dict) else {}
+    said = f"proposes {', '.join(calls)}" if calls else f'answers: "{text}"'
+    context = args.get("context") if isinstance(args.get("context"), dict) else {}
+    seen = f"context {context.get('tokens')}/{context.get('budget')} tokens" if context else ""
+    if context.get("turns_summarised"):
+        seen += f", turns 1-{context['turns_summarised']} summarised"
+    for dropped in context.get("dropped") or []:
+        seen += f", cut {dropped}"
+    return (f"[cyan]◆ step {sid}[/] model, turn {request.get('turn')}: {escape(said)} "
+            f"[dim]({tokens} tokens; {escape(seen)})[/]")
+
+
 class TimelineRenderer:
     """Feeds on events in order; remembers step names so outcomes can name their step."""
 
@@ -69,6 +102,9 @@ class TimelineRenderer:
                         f"[dim]intent recorded (attempt {event.attempt})[/]")
             case ev.StepRan(step_id=sid):
                 self.names[sid], self.args[sid] = event.name, event.args
+                agent_line = model_line(sid, event.name, event.args, event.result)
+                if agent_line is not None:
+                    return agent_line
                 return (f"[green]✓ step {sid}[/] {escape(call_text(event.name, event.args))}"
                         f" → {escape(short(event.result))}")
             case ev.StepCompleted(step_id=sid):

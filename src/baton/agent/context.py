@@ -1,0 +1,259 @@
+"""The working context an agent's model is shown, built from what the run recorded.
+
+The loop keeps a :class:`Transcript`: the goal, the plan, the pinned facts, each turn (the
+model's message and the results of its calls) and a running summary of older turns. All of
+it comes from journaled steps, so replay rebuilds the same transcript and the builder makes
+the same choices. Each model call is given:
+
+- the instructions, the plan and the **facts** in the system prompt. Facts are structured
+  records (a refund issued with its transaction id, an approval granted, by whom) that are
+  never summarised away, so a long run cannot forget what it already did;
+- the goal, then a summary of older turns, then the most recent turns in full.
+
+The context has a token budget. When the turns no longer fit, the older ones are folded
+into the summary by a model call (a journaled step: replay gives the same summary); what
+still does not fit is cut, and the builder says what it cut.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, JsonValue
+
+from ..errors import UsageError
+from .messages import Message, ModelRequest, TextPart, ToolResult, ToolSpec
+
+Estimate = Callable[[str], int]
+
+
+def estimate_tokens(text: str) -> int:
+    """About four characters a token: close enough for English and JSON, and the same in
+    every process (a tokenizer would tie the journal to one library's version)."""
+    return (len(text) + 3) // 4
+
+
+class Fact(BaseModel):
+    """Something the run did or was told for certain, pinned in every context.
+
+    Facts come from the runtime, never from the model: a completed call of a tool that
+    changes the world (or one the agent pins), an approval granted or denied."""
+
+    model_config = ConfigDict(frozen=True)
+
+    step: int
+    kind: str
+    """``"tool"`` (a call took effect) or ``"approval"``."""
+    tool: str
+    args: dict[str, JsonValue] = {}
+    result: JsonValue = None
+    by: str | None = None
+
+    def line(self) -> str:
+        data = {"step": self.step, "tool": self.tool, "args": self.args}
+        if self.kind == "approval":
+            data["approved_by"] = self.by
+        else:
+            data["result"] = self.result
+        return f"- {self.kind}: " + json.dumps(data, sort_keys=True, ensure_ascii=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """A model message and, if it proposed calls, the message holding their results."""
+
+    number: int
+    said: Message
+    results: Message | None = None
+
+    def messages(self) -> list[Message]:
+        return [self.said] if self.results is None else [self.said, self.results]
+
+
+@dataclass(frozen=True, slots=True)
+class ContextBudget:
+    """How big the context may get. ``max_tokens`` covers the system prompt, the tool
+    schemas and the messages; ``summary_tokens`` is what a summary of older turns may use."""
+
+    max_tokens: int = 16_000
+    summary_tokens: int = 600
+    estimate: Estimate = estimate_tokens
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 200 or not 50 <= self.summary_tokens < self.max_tokens:
+            raise UsageError("ContextBudget needs max_tokens of 200 or more and summary_tokens between 50 and "
+                             "max_tokens")
+
+
+@dataclass
+class Transcript:
+    """What the loop knows so far. Rebuilt identically on replay."""
+
+    instructions: str
+    goal: str
+    plan: str | None = None
+    facts: list[Fact] = field(default_factory=list)
+    turns: list[Turn] = field(default_factory=list)
+    summary: str | None = None
+    summarised: int = 0
+    """How many of the oldest turns the summary covers."""
+
+
+@dataclass(frozen=True, slots=True)
+class ContextReport:
+    """What the builder did for one model call: journaled with the call."""
+
+    tokens: int
+    budget: int
+    turns_in_full: int
+    turns_summarised: int
+    facts: int
+    dropped: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tokens": self.tokens, "budget": self.budget, "turns_in_full": self.turns_in_full,
+                "turns_summarised": self.turns_summarised, "facts": self.facts, "dropped": list(self.dropped)}
+
+
+Summarise = Callable[[ModelRequest], str]
+"""Makes a summary: in the loop, a journaled model call."""
+
+
+class ContextBuilder:
+    """Builds each model request from a :class:`Transcript` within a :class:`ContextBudget`."""
+
+    def __init__(self, budget: ContextBudget, tools: tuple[ToolSpec, ...], max_tokens: int = 1024,
+                 temperature: float | None = None) -> None:
+        self.budget = budget
+        self.tools = tools
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self._tool_tokens = budget.estimate(json.dumps([t.model_dump(mode="json") for t in tools]))
+
+    def system(self, t: Transcript) -> str:
+        parts = [t.instructions.strip()]
+        if t.plan:
+            parts.append("Your plan (written before the first turn):\n" + t.plan.strip())
+        if t.facts:
+            parts.append("Facts recorded by the runtime. They are certain and always current; never redo "
+                         "what they say was done:\n" + "\n".join(f.line() for f in t.facts))
+        return "\n\n".join(p for p in parts if p)
+
+    def tokens(self, message: Message) -> int:
+        return self.budget.estimate(json.dumps(message.model_dump(mode="json")))
+
+    def build(self, t: Transcript, turn: int, summarise: Summarise) -> tuple[ModelRequest, ContextReport]:
+        """The request for turn ``turn``; folds older turns into the summary when needed."""
+        est = self.budget.estimate
+        system = self.system(t)
+        goal = Message.user(t.goal)
+        fixed = est(system) + self._tool_tokens + self.tokens(goal)
+        if fixed > self.budget.max_tokens - self.budget.summary_tokens:
+            raise UsageError(f"the agent's instructions, facts and tool schemas take about {fixed} tokens, more "
+                             f"than its context budget of {self.budget.max_tokens} allows; raise "
+                             "ContextBudget.max_tokens")
+        room = self.budget.max_tokens - fixed
+        pending = t.turns[t.summarised:]
+        sizes = [sum(self.tokens(m) for m in turn_.messages()) for turn_ in pending]
+        summary_cost = est(t.summary) if t.summary else 0
+        dropped: list[str] = []
+        if summary_cost + sum(sizes) > room:
+            keep, used = 0, 0
+            for size in reversed(sizes):  # newest first, while they fit beside a summary
+                if keep and used + size > room - self.budget.summary_tokens:
+                    break
+                keep, used = keep + 1, used + size
+            fold = pending[: len(pending) - keep]
+            if fold:
+                t.summary = summarise(self.summary_request(t.summary, fold))
+                t.summarised += len(fold)
+                pending, sizes = pending[len(fold):], sizes[len(fold):]
+        messages = [goal]
+        if t.summary:
+            summary = t.summary
+            cap = self.budget.summary_tokens * 4
+            if len(summary) > cap:
+                summary = summary[: cap - 1] + "…"
+                dropped.append(f"the summary of turns 1-{t.summarised}, cut to {self.budget.summary_tokens} tokens")
+            messages.append(Message.user(f"Summary of turns 1-{t.summarised} (older turns, condensed):\n{summary}"))
+        recent = [m for turn_ in pending for m in turn_.messages()]
+        room -= sum(self.tokens(m) for m in messages[1:])
+        if sum(self.tokens(m) for m in recent) > room:
+            recent = self._cut_results(recent, room, dropped)
+        messages.extend(recent)
+        # Providers want turns to alternate; the goal and the summary are one user message.
+        messages = _merge_users(messages)
+        request = ModelRequest(system=system, messages=tuple(messages), tools=self.tools, max_tokens=self.max_tokens,
+                               temperature=self.temperature, purpose="turn", turn=turn)
+        total = est(system) + self._tool_tokens + sum(self.tokens(m) for m in messages)
+        report = ContextReport(tokens=total, budget=self.budget.max_tokens, turns_in_full=len(pending),
+                               turns_summarised=t.summarised, facts=len(t.facts), dropped=tuple(dropped))
+        return request, report
+
+    def summary_request(self, previous: str | None, turns: list[Turn]) -> ModelRequest:
+        lines = [f"Summary so far:\n{previous}"] if previous else []
+        for turn_ in turns:
+            lines.append(f"Turn {turn_.number}:")
+            lines.extend(_describe(m) for m in turn_.messages())
+        return ModelRequest(
+            system=("Condense these turns of an agent's work into a short summary for the agent itself. Keep "
+                    "every id, amount and outcome; say what failed and why. Facts are kept elsewhere."),
+            messages=(Message.user("\n".join(lines)),), max_tokens=self.budget.summary_tokens, purpose="summary",
+        )
+
+    def _cut_results(self, recent: list[Message], room: int, dropped: list[str]) -> list[Message]:
+        """Shorten the largest tool results until the recent turns fit in ``room``."""
+        out = list(recent)
+        while sum(self.tokens(m) for m in out) > room:
+            best: tuple[int, int, int] | None = None  # (size, message index, part index)
+            for i, message in enumerate(out):
+                for j, part in enumerate(message.content):
+                    if isinstance(part, ToolResult) and not _is_cut(part):
+                        size = self.budget.estimate(json.dumps(part.content))
+                        if best is None or size > best[0]:
+                            best = (size, i, j)
+            if best is None:
+                dropped.append("nothing more could be cut: the context is over its budget")
+                break
+            _, i, j = best
+            part = out[i].content[j]
+            assert isinstance(part, ToolResult)
+            text = json.dumps(part.content, ensure_ascii=False)
+            keep = max(0, min(len(text), room * 4 // 2) - 60)
+            cut = ToolResult(id=part.id, is_error=part.is_error,
+                             content=f"{text[:keep]}… [cut: {len(text) - keep} characters over the context budget]")
+            dropped.append(f"the result of tool call {part.id}, cut to {keep} characters")
+            content = list(out[i].content)
+            content[j] = cut
+            out[i] = Message(role=out[i].role, content=tuple(content))
+        return out
+
+
+def _is_cut(part: ToolResult) -> bool:
+    return isinstance(part.content, str) and part.content.endswith("over the context budget]")
+
+
+def _describe(message: Message) -> str:
+    out = []
+    for part in message.content:
+        if isinstance(part, TextPart):
+            out.append(f"{message.role}: {part.text}")
+        elif isinstance(part, ToolResult):
+            out.append(("error" if part.is_error else "result") + f" of {part.id}: " + json.dumps(part.content))
+        else:
+            out.append(f"called {part.name} ({part.id}) with {json.dumps(part.args, sort_keys=True)}")
+    return "\n".join(out)
+
+
+def _merge_users(messages: list[Message]) -> list[Message]:
+    merged: list[Message] = []
+    for message in messages:
+        if merged and merged[-1].role == "user" == message.role and not merged[-1].tool_results \
+                and not message.tool_results:
+            merged[-1] = Message(role="user", content=merged[-1].content + message.content)
+        else:
+            merged.append(message)
+    return merged
