@@ -60,7 +60,7 @@ def model_line(sid: int, name: str, args: dict[str, Any], result: Any) -> str | 
         return None
     parts = [p for p in result["message"].get("content", []) if isinstance(p, dict)]
     text = _one_line(" ".join(str(p.get("text", "")) for p in parts if p.get("type") == "text"), 160)
-    usage = result.get("usage") if isinstance(result.get("usage"), dict) else {}
+    usage: dict[str, Any] = result["usage"] if isinstance(result.get("usage"), dict) else {}
     tokens = int(usage.get("input_tokens", 0)) + int(usage.get("output_tokens", 0))
     if name == "model.plan":
         return f"[cyan]✎ step {sid}[/] plan: {escape(text)} [dim]({tokens} tokens)[/]"
@@ -68,9 +68,9 @@ def model_line(sid: int, name: str, args: dict[str, Any], result: Any) -> str | 
         return f"[cyan]≡ step {sid}[/] older turns summarised: {escape(text)} [dim]({tokens} tokens)[/]"
     calls = [call_text(str(p.get("name")), p["args"] if isinstance(p.get("args"), dict) else {"args": p.get("args")})
              for p in parts if p.get("type") == "tool_call"]
-    request = args.get("request") if isinstance(args.get("request"), dict) else {}
+    request: dict[str, Any] = args["request"] if isinstance(args.get("request"), dict) else {}
     said = f"proposes {', '.join(calls)}" if calls else f'answers: "{text}"'
-    context = args.get("context") if isinstance(args.get("context"), dict) else {}
+    context: dict[str, Any] = args["context"] if isinstance(args.get("context"), dict) else {}
     seen = f"context {context.get('tokens')}/{context.get('budget')} tokens" if context else ""
     if context.get("turns_summarised"):
         seen += f", turns 1-{context['turns_summarised']} summarised"
