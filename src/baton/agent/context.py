@@ -168,7 +168,7 @@ class ContextBuilder:
                 keep, used = keep + 1, used + size
             fold = pending[: len(pending) - keep]
             if fold:
-                t.summary = summarise(self.summary_request(t.summary, fold))
+                t.summary = summarise(self.summary_request(t.summary, fold, turn))
                 t.summarised += len(fold)
                 pending, sizes = pending[len(fold):], sizes[len(fold):]
         messages = [goal]
@@ -193,7 +193,7 @@ class ContextBuilder:
                                turns_summarised=t.summarised, facts=len(t.facts), dropped=tuple(dropped))
         return request, report
 
-    def summary_request(self, previous: str | None, turns: list[Turn]) -> ModelRequest:
+    def summary_request(self, previous: str | None, turns: list[Turn], turn: int) -> ModelRequest:
         lines = [f"Summary so far:\n{previous}"] if previous else []
         for turn_ in turns:
             lines.append(f"Turn {turn_.number}:")
@@ -202,6 +202,7 @@ class ContextBuilder:
             system=("Condense these turns of an agent's work into a short summary for the agent itself. Keep "
                     "every id, amount and outcome; say what failed and why. Facts are kept elsewhere."),
             messages=(Message.user("\n".join(lines)),), max_tokens=self.budget.summary_tokens, purpose="summary",
+            turn=turn,
         )
 
     def _cut_results(self, recent: list[Message], room: int, dropped: list[str]) -> list[Message]:

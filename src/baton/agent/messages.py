@@ -92,7 +92,8 @@ class ModelRequest(_Frozen):
     temperature: float | None = None
     purpose: Purpose = "turn"
     turn: int = 0
-    """Which turn of the run's loop this call is (1-based; 0 for a plan or summary).
+    """Which turn of the run's loop this call is for (1-based; a summary is made for the
+    turn about to be asked; 0 for the plan).
     Adapters ignore it; a scripted model uses it to pick its answer in any process."""
 
 
