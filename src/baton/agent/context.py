@@ -150,39 +150,30 @@ class ContextBuilder:
         est = self.budget.estimate
         system = self.system(t)
         goal = Message.user(t.goal)
+        reserve = self.budget.summary_tokens + _SUMMARY_OVERHEAD
         fixed = est(system) + self._tool_tokens + self.tokens(goal)
-        if fixed > self.budget.max_tokens - self.budget.summary_tokens:
+        if fixed > self.budget.max_tokens - reserve:
             raise UsageError(f"the agent's instructions, facts and tool schemas take about {fixed} tokens, more "
                              f"than its context budget of {self.budget.max_tokens} allows; raise "
                              "ContextBudget.max_tokens")
         room = self.budget.max_tokens - fixed
+        dropped: list[str] = []
         pending = t.turns[t.summarised:]
         sizes = [sum(self.tokens(m) for m in turn_.messages()) for turn_ in pending]
-        summary_cost = est(t.summary) if t.summary else 0
-        dropped: list[str] = []
-        if summary_cost + sum(sizes) > room:
+        if self._summary_tokens(t) + sum(sizes) > room:
             keep, used = 0, 0
             for size in reversed(sizes):  # newest first, while they fit beside a summary
-                if keep and used + size > room - self.budget.summary_tokens:
+                if keep and used + size > room - reserve:
                     break
                 keep, used = keep + 1, used + size
-            fold = pending[: len(pending) - keep]
-            if fold:
-                t.summary = summarise(self.summary_request(t.summary, fold, turn))
-                t.summarised += len(fold)
-                pending, sizes = pending[len(fold):], sizes[len(fold):]
-        messages = [goal]
-        if t.summary:
-            summary = t.summary
-            cap = self.budget.summary_tokens * 4
-            if len(summary) > cap:
-                summary = summary[: cap - 1] + "…"
-                dropped.append(f"the summary of turns 1-{t.summarised}, cut to {self.budget.summary_tokens} tokens")
-            messages.append(Message.user(f"Summary of turns 1-{t.summarised} (older turns, condensed):\n{summary}"))
+            pending = self._fold(t, pending, len(pending) - keep, turn, summarise)
         recent = [m for turn_ in pending for m in turn_.messages()]
-        room -= sum(self.tokens(m) for m in messages[1:])
-        if sum(self.tokens(m) for m in recent) > room:
-            recent = self._cut_results(recent, room, dropped)
+        if self._summary_tokens(t) + sum(self.tokens(m) for m in recent) > room:
+            recent = self._cut_results(recent, room - self._summary_tokens(t), dropped)
+        messages = [goal]
+        summary = self._summary_message(t, dropped)
+        if summary is not None:
+            messages.append(summary)
         messages.extend(recent)
         # Providers want turns to alternate; the goal and the summary are one user message.
         messages = _merge_users(messages)
@@ -192,6 +183,29 @@ class ContextBuilder:
         report = ContextReport(tokens=total, budget=self.budget.max_tokens, turns_in_full=len(pending),
                                turns_summarised=t.summarised, facts=len(t.facts), dropped=tuple(dropped))
         return request, report
+
+    def _fold(self, t: Transcript, pending: list[Turn], count: int, turn: int, summarise: Summarise) -> list[Turn]:
+        """Fold the oldest ``count`` pending turns into the summary; the turns left in full."""
+        if count <= 0:
+            return pending
+        t.summary = summarise(self.summary_request(t.summary, pending[:count], turn))
+        t.summarised += count
+        return pending[count:]
+
+    def _summary_message(self, t: Transcript, dropped: list[str] | None = None) -> Message | None:
+        if not t.summary:
+            return None
+        summary = t.summary
+        cap = self.budget.summary_tokens * 4
+        if len(summary) > cap:
+            summary = summary[: cap - 1] + "…"
+            if dropped is not None:
+                dropped.append(f"the summary of turns 1-{t.summarised}, cut to {self.budget.summary_tokens} tokens")
+        return Message.user(f"Summary of turns 1-{t.summarised} (older turns, condensed):\n{summary}")
+
+    def _summary_tokens(self, t: Transcript) -> int:
+        message = self._summary_message(t)
+        return 0 if message is None else self.tokens(message)
 
     def summary_request(self, previous: str | None, turns: list[Turn], turn: int) -> ModelRequest:
         lines = [f"Summary so far:\n{previous}"] if previous else []
@@ -208,33 +222,46 @@ class ContextBuilder:
     def _cut_results(self, recent: list[Message], room: int, dropped: list[str]) -> list[Message]:
         """Shorten the largest tool results until the recent turns fit in ``room``."""
         out = list(recent)
-        while sum(self.tokens(m) for m in out) > room:
-            best: tuple[int, int, int] | None = None  # (size, message index, part index)
+        cut_ids: dict[str, int] = {}
+        while (over := sum(self.tokens(m) for m in out) - room) > 0:
+            best: tuple[int, int, int, str] | None = None  # (length, message index, part index, text)
             for i, message in enumerate(out):
                 for j, part in enumerate(message.content):
-                    if isinstance(part, ToolResult) and not _is_cut(part):
-                        size = self.budget.estimate(json.dumps(part.content))
-                        if best is None or size > best[0]:
-                            best = (size, i, j)
+                    if isinstance(part, ToolResult):
+                        text = _uncut(part)
+                        if len(text) > 0 and (best is None or len(text) > best[0]):
+                            best = (len(text), i, j, text)
             if best is None:
                 dropped.append("nothing more could be cut: the context is over its budget")
                 break
-            _, i, j = best
+            length, i, j, text = best
             part = out[i].content[j]
             assert isinstance(part, ToolResult)
-            text = json.dumps(part.content, ensure_ascii=False)
-            keep = max(0, min(len(text), room * 4 // 2) - 60)
-            cut = ToolResult(id=part.id, is_error=part.is_error,
-                             content=f"{text[:keep]}… [cut: {len(text) - keep} characters over the context budget]")
-            dropped.append(f"the result of tool call {part.id}, cut to {keep} characters")
+            keep = max(0, length - over * 4 - _CUT_MARK)
+            cut_ids[part.id] = keep
             content = list(out[i].content)
-            content[j] = cut
+            content[j] = ToolResult(id=part.id, is_error=part.is_error,
+                                    content=f"{text[:keep]}… [cut: {length - keep} characters over the context "
+                                            "budget]" if keep else _CUT_ALL)
             out[i] = Message(role=out[i].role, content=tuple(content))
+        dropped.extend(f"the result of tool call {cid}, cut to {keep} characters" for cid, keep in cut_ids.items())
         return out
 
 
-def _is_cut(part: ToolResult) -> bool:
-    return isinstance(part.content, str) and part.content.endswith("over the context budget]")
+_SUMMARY_OVERHEAD = 40
+"""Tokens a summary message takes beyond its text: its heading and its JSON."""
+_CUT_MARK = 80
+"""Characters the note on a cut result takes, with room for JSON escapes."""
+_CUT_ALL = "[cut: the whole result was over the context budget]"
+
+
+def _uncut(part: ToolResult) -> str:
+    """The text of a result that a cut may still shorten ("" if nothing is left to cut)."""
+    if part.content == _CUT_ALL:
+        return ""
+    if isinstance(part.content, str):
+        return part.content.rsplit("… [cut: ", 1)[0]
+    return json.dumps(part.content, ensure_ascii=False)
 
 
 def _describe(message: Message) -> str:
