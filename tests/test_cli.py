@@ -41,7 +41,10 @@ def test_demo_tells_the_story(tmp_path: Path) -> None:
     assert "Killing worker 2" in out and "SIGKILL" in out
     assert "held for approval by refunds-over-100-need-a-manager" in out
     assert "[auto] Bob (manager) approves" in out
-    assert 'evidence: {"customer": "Dana Smith"' in out
+    assert 'evidence: {"agent": "refund_agent"' in out and '"customer": "Dana Smith"' in out
+    assert "plan: 1. Check the order and its payment." in out
+    assert "model, turn 2: proposes issue_refund" in out
+    assert "never twice for the same turn" in out
     assert "granted by bob" in out
     assert "bob approved at" in out and "the approval was used exactly once" in out
     assert "taken over" in out

@@ -195,7 +195,7 @@ class _Loop:
             results: list[ToolResult] = []
             malformed = 0
             for call in calls:  # in the order the model gave them: a stable order on replay
-                result, bad = self.execute(call)
+                result, bad = self.execute(call, response.text)
                 results.append(result)
                 malformed += bad
             t.turns.append(Turn(turn, response.message, Message(role="user", content=tuple(results))))
@@ -205,9 +205,10 @@ class _Loop:
                                  f"a row (turn {turn}); see the tool errors in the run's timeline",
                                  run_id=self.ctx.run_id)
 
-    def execute(self, call: ToolCall) -> tuple[ToolResult, bool]:
+    def execute(self, call: ToolCall, reason: str) -> tuple[ToolResult, bool]:
         """Make one proposed call. Returns its result for the model, and whether the call
-        was malformed (it could not be made at all)."""
+        was malformed (it could not be made at all). ``reason`` is what the model said in
+        the turn: a person asked to approve the call sees it, with the facts."""
 
         def error(text: str) -> ToolResult:
             return ToolResult(id=call.id, content=text, is_error=True)
@@ -220,8 +221,11 @@ class _Loop:
             return error(f"there is no tool named {call.name!r}; the tools are: {known}"), True
         if not isinstance(call.args, dict):
             return error(f"the arguments of {call.name} must be a JSON object, not {type(call.args).__name__}"), True
+        evidence = {"agent": self.spec.name, "model_says": reason,
+                    "facts": [f.model_dump(mode="json", exclude_none=True) for f in self.transcript.facts]}
         try:
-            self.ctx.call(tool, **call.args)
+            with self.ctx.evidence(evidence):
+                self.ctx.call(tool, **call.args)
         except ToolValidationError as exc:
             return error(f"invalid arguments, so the call was not made: {exc.message}"), True
         except ApprovalDenied as exc:

@@ -483,12 +483,17 @@ def db_status(db: DatabaseOpt = None) -> None:
 def demo(
     interactive: Annotated[bool, typer.Option("--interactive", help="Wait for you to approve the refund as "
                                               "Bob from another terminal.")] = False,
+    model: Annotated[str | None, typer.Option("--model", help="A real model instead of the scripted one: "
+                                              "bedrock:MODEL_ID or openai:MODEL.")] = None,
 ) -> None:
-    """Tell the refund story, offline: a policy holds it, Bob approves, a worker is killed
-    mid-refund and another finishes it (in .baton/demo)."""
+    """Tell the refund story through the agent loop, offline: a policy holds the refund, Bob
+    approves, a worker is killed mid-refund and another finishes it (in .baton/demo)."""
+    from ..agent import model_from_spec
     from ..demo.story import run_demo
 
-    raise typer.Exit(run_demo(out, interactive=interactive))
+    if model is not None:
+        model_from_spec(model)  # a mistyped spec is one line now, not a failed run later
+    raise typer.Exit(run_demo(out, interactive=interactive, model=model))
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
-"""The refund workflow of the demo, and the tools it uses.
+"""The tools of the demo's refund agent (``refund_agent.py``).
 
-Alice, in support, asks Baton to refund $120 on order 98765 (ticket T-4321). The workflow
+Alice, in support, asks Baton to refund $120 on order 98765 (ticket T-4321). The agent
 checks the order and the payment, issues the refund, e-mails the receipt and notes the
 ticket in the CRM. Policy (``policies/refunds.cedar``) holds refunds over $100 for a manager.
 """
@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from baton import Context, Reconciled, tool, workflow
+from baton import Reconciled, tool
 
 from .services import PAUSE_ENV, Services
 
@@ -70,20 +70,3 @@ def _note_taken(ticket: str, note: str, idempotency_key: str) -> Reconciled:
 def update_crm(ticket: str, note: str, *, idempotency_key: str) -> dict[str, Any]:
     """Add a note to the support ticket. Not idempotent: each call adds a note."""
     return Services.from_env().add_note(ticket, note, idempotency_key)
-
-
-@workflow
-def refund(ctx: Context, order_id: str, amount: float, ticket: str) -> dict[str, Any]:
-    order = ctx.call(check_order, order_id=order_id)
-    payment = ctx.call(check_payment, order_id=order_id)
-    if amount > payment["refundable"]:
-        raise ValueError(f"cannot refund ${amount:.2f}: only ${payment['refundable']:.2f} is refundable")
-    # What Bob sees if policy holds the refund for a manager.
-    with ctx.evidence({"payment": f"{payment['payment_id']} cleared, ${payment['captured']:.2f} captured",
-                       "refundable": payment["refundable"], "ticket": ticket, "customer": order["customer"]}):
-        receipt = ctx.call(issue_refund, order_id=order_id, amount=amount)
-    email = ctx.call(send_receipt, to=order["email"], txn_id=receipt["txn_id"], amount=amount)
-    note = ctx.call(update_crm, ticket=ticket,
-                    note=f"Refunded ${amount:.2f} ({receipt['txn_id']}); receipt {email['message_id']}")
-    return {"order_id": order_id, "refunded": amount, "txn_id": receipt["txn_id"],
-            "receipt": email["message_id"], "crm_note": note["note_id"]}

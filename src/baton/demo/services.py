@@ -25,6 +25,7 @@ CREATE TABLE IF NOT EXISTS emails (idempotency_key TEXT PRIMARY KEY, message_id 
     subject TEXT);
 CREATE TABLE IF NOT EXISTS crm_notes (note_id INTEGER PRIMARY KEY, ticket TEXT, body TEXT,
     idempotency_key TEXT);
+CREATE TABLE IF NOT EXISTS model_calls (id INTEGER PRIMARY KEY, purpose TEXT, turn INTEGER, pid INTEGER);
 """
 
 
@@ -118,3 +119,12 @@ class Services:
 
     def notes(self) -> list[tuple[str, str]]:
         return list(self.db.execute("SELECT ticket, body FROM crm_notes ORDER BY note_id"))
+
+    # -- the model ------------------------------------------------------------------------
+
+    def model_called(self, purpose: str, turn: int) -> None:
+        """The demo's model books every call it answers, so the demo can show none was repeated."""
+        self.db.execute("INSERT INTO model_calls (purpose, turn, pid) VALUES (?, ?, ?)", (purpose, turn, os.getpid()))
+
+    def model_calls(self) -> list[tuple[str, int, int]]:
+        return list(self.db.execute("SELECT purpose, turn, pid FROM model_calls ORDER BY id"))

@@ -27,9 +27,10 @@ from ..journal import events as ev
 from ..runtime import Baton
 from ..sensitive import mask_of
 from ..settings import Settings
+from .refund_agent import input_for
 from .services import PAUSE_ENV, SERVICES_ENV, Services
 
-WORKFLOW = "baton.demo.refund:refund"
+WORKFLOW = "baton.demo.refund_agent:refund_agent"
 DEMO_DIR = Path(".baton") / "demo"
 
 
@@ -74,9 +75,9 @@ def _wait(proc: subprocess.Popen[bytes], tail: _Tail, label: str, until: float,
     raise DemoFailed(f"{label} did not finish in time")
 
 
-def run_demo(console: Console, *, root: Path = DEMO_DIR, interactive: bool = False) -> int:
+def run_demo(console: Console, *, root: Path = DEMO_DIR, interactive: bool = False, model: str | None = None) -> int:
     try:
-        return _story(console, root=root, interactive=interactive)
+        return _story(console, root=root, interactive=interactive, model=model)
     except DemoFailed as exc:
         console.print(f"[bold red]demo failed:[/] {exc}")
         return 1
@@ -133,7 +134,19 @@ def _sealed_check(baton: Baton, run_id: str, db_path: Path, services: Services) 
                 "verifiable")
 
 
-def _story(console: Console, *, root: Path, interactive: bool) -> int:
+def _model_check(services: Services) -> tuple[bool, str]:
+    """Each model call is a journaled step: a worker that takes over reads the turns already
+    answered from the journal and never asks the model again."""
+    calls = [(purpose, turn) for purpose, turn, _ in services.model_calls()]
+    askers = len({pid for _, _, pid in services.model_calls()})
+    turns = sum(purpose == "turn" for purpose, _ in calls)
+    ok = len(calls) == len(set(calls)) and ("plan", 0) in calls and askers >= 2
+    return ok, (f"the model was asked {len(calls)} times in all (a plan and {turns} turns, from {askers} workers), "
+                "never twice for the same turn: the worker that took over read the turns already answered from "
+                "the journal")
+
+
+def _story(console: Console, *, root: Path, interactive: bool, model: str | None) -> int:
     started = time.monotonic()
     root = root.resolve()
     root.mkdir(parents=True, exist_ok=True)
@@ -153,16 +166,16 @@ def _story(console: Console, *, root: Path, interactive: bool) -> int:
     env_prefix = f"BATON_DATABASE_URL={url} BATON_CONFIG={config}"
 
     console.print(Rule("[bold]Baton demo: a refund that survives a crash"))
+    thinker = f"the model [bold]{model}[/]" if model else "a scripted model (offline; --model bedrock:… for a real one)"
     console.print(
-        "Alice (support) asks to refund [bold]$120[/] on order [bold]98765[/] (ticket T-4321). "
-        "The workflow checks the order and the payment, issues the refund through a payment "
-        "service that honours idempotency keys, e-mails the receipt (the mail server fails once) "
-        "and notes the ticket in the CRM. Every step is journaled before Baton moves on, and "
-        f"checked first against the Cedar policies in {config.parent / 'policies' / 'refunds.cedar'}: "
-        "refunds over $100 need a manager.\n"
+        "Alice (support) asks Baton's refund agent to refund [bold]$120[/] on order [bold]98765[/] "
+        f"(ticket T-4321). The agent, driven by {thinker}, plans, then proposes each step: check the order and "
+        "the payment, refund through a payment service that honours idempotency keys, e-mail the receipt "
+        "(the mail server fails once) and note the ticket in the CRM. Baton validates every proposed call, "
+        f"checks it against the Cedar policies in {config.parent / 'policies' / 'refunds.cedar'} (refunds over "
+        "$100 need a manager), runs it, and journals it before the model sees the result.\n"
     )
-    run_id = baton.start(WORKFLOW, {"order_id": "98765", "amount": 120.0, "ticket": "T-4321"},
-                         principal="alice")
+    run_id = baton.start(WORKFLOW, input_for(model), principal="alice")
     console.print(f"run [bold]{run_id}[/] started for alice; worker 1 picks it up\n", highlight=False)
     tail = _Tail(baton, run_id, console)
 
@@ -236,6 +249,8 @@ def _story(console: Console, *, root: Path, interactive: bool) -> int:
         (record.status.value == "completed", f"the run {status_text(record.status.value)}"),
         _sealed_check(baton, run_id, db_path, services),
     ]
+    if model is None:  # a real model's calls are not booked by the demo's services
+        checks.insert(-1, _model_check(services))
     signing_key = load_private(str(private_key))
     assert signing_key is not None
     write_checkpoint(baton.store, signing_key, baton.clock.time(), force=True)
