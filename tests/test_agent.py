@@ -345,8 +345,8 @@ def test_a_declined_approval_goes_back_to_the_model(governed: Baton, services: P
     governed.decide(request.approval_id, principal="bob", approve=False, reason="not eligible")
     record = governed.drive(run_id)
     assert record.status is RunStatus.COMPLETED
-    turn3 = [e for e in model_steps(governed, run_id)][-1]
-    shown = turn3.args["request"]["messages"][-1]["content"][0]  # type: ignore[index,call-overload]
-    assert shown["is_error"] and "a person declined this call" in shown["content"] and "not eligible" in shown[
-        "content"]
+    asked = app("refund_agent").agent.model.calls[-1]
+    (shown,) = asked.messages[-1].tool_results
+    assert asked.turn == 3 and shown.is_error
+    assert "a person declined this call" in shown.content and "not eligible" in shown.content
     assert [name for _, name, _ in invocations(services, "tool")] == ["lookup_order"]

@@ -62,8 +62,8 @@ def test_facts_are_never_summarised_away_and_the_budget_holds(sizes: list[list[i
     context = ContextBudget(max_tokens=budget, summary_tokens=300)
     builder = ContextBuilder(context, TOOLS)
     t = Transcript(instructions="Record the steps.", goal="Record everything.")
-    t.facts = [Fact(step=i, kind="tool", tool="refund", args={"order": f"O-{i}"}, result={"txn": f"TX-{i:04d}"})
-               for i in range(facts)]
+    for i in range(facts):
+        t.pin(Fact(step=i, kind="tool", tool="refund", args={"order": f"O-{i}"}, result={"txn": f"TX-{i:04d}"}))
     summarise = Summariser(summary_length)
     covered = 0
     for number, results in enumerate(sizes, start=1):
@@ -83,8 +83,8 @@ def test_facts_are_never_summarised_away_and_the_budget_holds(sizes: list[list[i
 def test_two_hundred_turns_later_the_refund_is_still_a_fact() -> None:
     builder = ContextBuilder(ContextBudget(max_tokens=2000, summary_tokens=200), TOOLS)
     t = Transcript(instructions="Handle the customer.", goal="Refund order 98765 once.")
-    t.facts.append(Fact(step=4, kind="tool", tool="issue_refund", args={"order_id": "98765", "amount": 120.0},
-                        result={"txn_id": "TX-42"}))
+    t.pin(Fact(step=4, kind="tool", tool="issue_refund", args={"order_id": "98765", "amount": 120.0},
+               result={"txn_id": "TX-42"}))
     summarise = Summariser(600)
     for number in range(1, 201):
         t.turns.append(turn(number, ["chatter " * 40]))
@@ -105,7 +105,7 @@ def test_a_result_too_large_for_the_budget_is_cut_and_the_cut_is_reported() -> N
     assert cut.startswith("the result of tool call c1_0, cut to")
     (result,) = request.messages[-1].tool_results
     assert isinstance(result.content, str) and result.content.endswith("over the context budget]")
-    line = model_line(5, "model", {"request": request.model_dump(mode="json"), "context": report.to_json()},
+    line = model_line(5, "model", {"turn": 2, "purpose": "turn", "context": report.to_json()},
                       {"message": {"content": [{"type": "text", "text": "found it"}]},
                        "usage": {"input_tokens": 1, "output_tokens": 2}})
     assert line is not None and "cut the result of tool call c1_0" in line

@@ -100,6 +100,12 @@ class Transcript:
     summary: str | None = None
     summarised: int = 0
     """How many of the oldest turns the summary covers."""
+    fact_lines: list[str] = field(default_factory=list)
+    """Each fact as the model is shown it, rendered once."""
+
+    def pin(self, fact: Fact) -> None:
+        self.facts.append(fact)
+        self.fact_lines.append(fact.line())
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +138,9 @@ class ContextBuilder:
         self.max_tokens = max_tokens
         self.temperature = temperature
         self._tool_tokens = budget.estimate(json.dumps([t.model_dump(mode="json") for t in tools]))
+        self._sizes: dict[int, tuple[Message, int]] = {}
+        """Token estimates of messages already measured, by identity (the message is kept, so
+        its id is not reused): turns are measured once, not on every turn after them."""
 
     def system(self, t: Transcript) -> str:
         parts = [t.instructions.strip()]
@@ -139,11 +148,16 @@ class ContextBuilder:
             parts.append("Your plan (written before the first turn):\n" + t.plan.strip())
         if t.facts:
             parts.append("Facts recorded by the runtime. They are certain and always current; never redo "
-                         "what they say was done:\n" + "\n".join(f.line() for f in t.facts))
+                         "what they say was done:\n" + "\n".join(t.fact_lines))
         return "\n\n".join(p for p in parts if p)
 
     def tokens(self, message: Message) -> int:
-        return self.budget.estimate(json.dumps(message.model_dump(mode="json")))
+        known = self._sizes.get(id(message))
+        if known is not None and known[0] is message:
+            return known[1]
+        size = self.budget.estimate(message.model_dump_json())
+        self._sizes[id(message)] = (message, size)
+        return size
 
     def build(self, t: Transcript, turn: int, summarise: Summarise) -> tuple[ModelRequest, ContextReport]:
         """The request for turn ``turn``; folds older turns into the summary when needed."""

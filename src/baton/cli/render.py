@@ -68,7 +68,6 @@ def model_line(sid: int, name: str, args: dict[str, Any], result: Any) -> str | 
         return f"[cyan]≡ step {sid}[/] older turns summarised: {escape(text)} [dim]({tokens} tokens)[/]"
     calls = [call_text(str(p.get("name")), p["args"] if isinstance(p.get("args"), dict) else {"args": p.get("args")})
              for p in parts if p.get("type") == "tool_call"]
-    request: dict[str, Any] = args["request"] if isinstance(args.get("request"), dict) else {}
     said = f"proposes {', '.join(calls)}" if calls else f'answers: "{text}"'
     context: dict[str, Any] = args["context"] if isinstance(args.get("context"), dict) else {}
     seen = f"context {context.get('tokens')}/{context.get('budget')} tokens" if context else ""
@@ -76,7 +75,7 @@ def model_line(sid: int, name: str, args: dict[str, Any], result: Any) -> str | 
         seen += f", turns 1-{context['turns_summarised']} summarised"
     for dropped in context.get("dropped") or []:
         seen += f", cut {dropped}"
-    return (f"[cyan]◆ step {sid}[/] model, turn {request.get('turn')}: {escape(said)} "
+    return (f"[cyan]◆ step {sid}[/] model, turn {args.get('turn')}: {escape(said)} "
             f"[dim]({tokens} tokens; {escape(seen)})[/]")
 
 
