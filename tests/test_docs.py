@@ -81,3 +81,13 @@ def test_the_guide_caps_a_principal_at_500_a_day(tmp_path: Path, guide: Governan
 
 def test_the_guide_limits_apply(tmp_path: Path, guide: Governance) -> None:
     assert guide.limits.max_steps == 20 and guide.limits.max_spend == 1000
+
+
+def test_the_agent_example_in_the_readme_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    section = README.read_text().split("## Agents", 1)[1].split("\n## ", 1)[0]
+    code = re.findall(r"```python\n(.*?)```", section, flags=re.S)[0]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md (Agents)", "exec"), {"__name__": "readme_agent"})
+    assert capsys.readouterr().out.strip() == "completed Refunded $40 on order 98765."
+    assert (tmp_path / "agent.db").exists()

@@ -3,6 +3,8 @@
 >>> from baton.agent import agent, ScriptedModel, call, say
 """
 
+from typing import TYPE_CHECKING, Any
+
 from .context import ContextBudget, ContextReport, Fact
 from .loop import Agent, AgentError, AgentLimits, AgentWorkflow, ToolSource, agent
 from .messages import (
@@ -19,11 +21,30 @@ from .messages import (
 from .models import Model, ModelError, model_from_spec
 from .models.scripted import Reply, ScriptedModel, all_text, call, call_raw, last_results, say
 
+if TYPE_CHECKING:
+    from .models.bedrock import BedrockModel
+    from .models.openai_compat import OpenAIModel
+
+
+def __getattr__(name: str) -> Any:
+    """The adapters import their client libraries (boto3, openai) only when asked for."""
+    if name == "BedrockModel":
+        from .models.bedrock import BedrockModel
+
+        return BedrockModel
+    if name == "OpenAIModel":
+        from .models.openai_compat import OpenAIModel
+
+        return OpenAIModel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "Agent",
     "AgentError",
     "AgentLimits",
     "AgentWorkflow",
+    "BedrockModel",
     "ContextBudget",
     "ContextReport",
     "Fact",
@@ -32,6 +53,7 @@ __all__ = [
     "ModelError",
     "ModelRequest",
     "ModelResponse",
+    "OpenAIModel",
     "Pricing",
     "Reply",
     "ScriptedModel",
