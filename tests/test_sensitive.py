@@ -135,6 +135,14 @@ def test_a_user_key_that_looks_like_a_marker_is_not_one() -> None:
     assert s.open_data(stored) == {"x": forged}
 
 
+def test_a_declared_value_inside_later_text_seals_that_text() -> None:
+    s = sealer()
+    s.seal_data({"temporary_password": "Blue-Otter-42"}, frozenset({"temporary_password"}))
+    stored = s.seal_data({"answer": "Told Dana her password is Blue-Otter-42.", "other": "nothing here"})
+    assert is_sealed(stored["answer"]) and stored["other"] == "nothing here"
+    assert s.open_data(stored)["answer"] == "Told Dana her password is Blue-Otter-42."
+
+
 def test_sealing_is_deterministic_within_a_run_and_differs_across_runs() -> None:
     one, again, other = sealer("r1").seal_value("x", "sensitive"), sealer("r1").seal_value("x", "sensitive"), \
         sealer("r2").seal_value("x", "sensitive")

@@ -124,10 +124,9 @@ class Tool(Generic[P, R]):
     """The tool changes nothing (a lookup). Shown to policy; an agent does not pin its results as facts."""
     destructive: bool = False
     """The tool may destroy or overwrite something (MCP's ``destructiveHint``). Shown to policy."""
-    spent: Callable[[Any], float] | None = None
-    """The spend of a call known only from its result (a model call's price), for budgets."""
     governed: bool = True
-    """Policy decides each call. Model calls are not governed (they act on nothing); budgets still count them."""
+    """Policy decides each call. Model calls are not governed (they act on nothing); the run's
+    step and token limits still count them."""
 
     def __post_init__(self) -> None:
         signature = evaluated_signature(self.fn)
@@ -210,14 +209,6 @@ class Tool(Generic[P, R]):
 
     def tokens_of(self, result: Any) -> int:
         return 0 if self.tokens is None else int(self.tokens(result))
-
-    def spent_of(self, result: Any) -> float:
-        if self.spent is None:
-            return 0.0
-        value = float(self.spent(result))
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"spend of {self.name} must be a finite number of 0 or more, not {value}")
-        return value
 
     def run_compensation(self, args: dict[str, Any], result: Any, key: str) -> Any:
         assert self.compensate is not None

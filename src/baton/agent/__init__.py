@@ -19,7 +19,7 @@ from .messages import (
     ToolSpec,
 )
 from .models import Model, ModelError, model_from_spec
-from .models.scripted import Reply, ScriptedModel, all_text, call, call_raw, last_results, say
+from .models.scripted import Reply, ScriptedModel, all_text, call, call_raw, calls_of, last_results, say
 
 if TYPE_CHECKING:
     from .models.bedrock import BedrockModel
@@ -67,6 +67,7 @@ __all__ = [
     "all_text",
     "call",
     "call_raw",
+    "calls_of",
     "last_results",
     "model_from_spec",
     "say",

@@ -45,7 +45,9 @@ class ToolSource(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class AgentLimits:
-    """When the loop stops on its own. ``None`` means no limit. ``max_malformed`` is how
+    """When the loop stops on its own. ``None`` means no limit. ``max_spend`` is what the
+    model calls may cost (from the model's ``Pricing``); what tools spend (a refund's amount)
+    is the run's own ``Limits.max_spend``, checked by policy and budgets. ``max_malformed`` is how
     many turns in a row may hold only calls that cannot be made (unknown tool, unreadable
     or invalid arguments) before the run fails."""
 
@@ -146,7 +148,7 @@ def request_digest(request: ModelRequest) -> str:
 def model_step(model: Model, name: str, retries: int) -> Tool[Any, Any]:
     """A model call as a tool the runtime journals: idempotent (asking again is harmless,
     so one durable append per call), retried with backoff on transient errors, not
-    governed by policy (it acts on nothing), counted against token and spend budgets."""
+    governed by policy (it acts on nothing), counted against the run's step and token limits."""
 
     def complete(turn: int, purpose: str, request_sha256: str, context: dict[str, Any] | None = None
                  ) -> dict[str, Any]:
@@ -160,8 +162,7 @@ def model_step(model: Model, name: str, retries: int) -> Tool[Any, Any]:
                 description=f"a call to {model.name}",
                 retry=RetryPolicy(retries=retries, backoff=1.0, max_backoff=20.0,
                                   retry_on=(ModelError, OSError, TimeoutError)),
-                tokens=lambda r: int(r["usage"]["input_tokens"]) + int(r["usage"]["output_tokens"]),
-                spent=lambda r: float(r.get("cost") or 0.0))
+                tokens=lambda r: int(r["usage"]["input_tokens"]) + int(r["usage"]["output_tokens"]))
 
 
 class _Loop:
@@ -269,7 +270,6 @@ class _Loop:
         if not tool.read_only or tool.name in self.spec.pin:
             self.transcript.pin(Fact(step=rec.step_id, kind="tool", tool=tool.name, args=rec.args,
                                      result=rec.result))
-        self.spend += tool.cost_of(tool.validate(rec.args)[0]) if tool.cost is not None else 0.0
         return ToolResult(id=call.id, content=rec.result), False
 
     def result(self, stop: StopReason, answer: str | None) -> dict[str, Any]:

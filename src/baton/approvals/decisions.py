@@ -24,9 +24,15 @@ if TYPE_CHECKING:
 
 
 def describe_approvers(approvers: list[str]) -> str:
-    """``["role:manager", "principal:carol"]`` → ``a manager or carol``."""
-    names = [f"a {e[5:]}" if e.startswith("role:") else e.removeprefix("principal:") for e in approvers]
+    """``["role:manager", "principal:carol"]`` → ``a manager or carol``; ``role:it-security``
+    → ``anyone with role it-security`` (an article cannot be guessed from a role's name)."""
+    names = [_role(e[5:]) if e.startswith("role:") else e.removeprefix("principal:") for e in approvers]
     return " or ".join(names) or "nobody"
+
+
+def _role(name: str) -> str:
+    plain = name.isalpha() and name.islower() and name[:1] not in "aeiou"
+    return f"a {name}" if plain else f"anyone with role {name}"
 
 
 def _when(epoch: float | None) -> str:

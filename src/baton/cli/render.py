@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from ..approvals import ApprovalRecord
 from ..approvals.decisions import describe_approvers
 from ..engine.owner import describe_owner
+from ..journal import decode
 from ..journal import events as ev
 from ..sensitive import masked
 from ..store import RunRecord
+
+if TYPE_CHECKING:
+    from ..runtime import Baton
 
 STATUS_STYLE = {
     "pending": "cyan", "running": "cyan", "sleeping": "blue", "waiting": "blue",
@@ -268,3 +273,21 @@ def approval_text(a: ApprovalRecord) -> str:
     if a.consumed_at:
         lines.append(f"  used:       at {when(a.consumed_at)}")
     return "\n".join(lines)
+
+
+class Tail:
+    """Prints a run's timeline as it grows, whichever process writes it: each :meth:`show`
+    prints the lines not shown yet (as stored, so sensitive values stay masked)."""
+
+    def __init__(self, baton: Baton, run_id: str, console: Console) -> None:
+        self.baton, self.run_id, self.console = baton, run_id, console
+        self.seq = 0
+        self.renderer = TimelineRenderer()
+
+    def show(self, label: str = "") -> None:
+        prefix = f"  [dim]{label}[/]  " if label else "  "
+        for row in self.baton.store.read(self.run_id, self.seq):
+            self.seq = row.seq
+            text = self.renderer.line(decode(row, self.baton.store.blob))
+            if text is not None:
+                self.console.print(f"{prefix}{text}", highlight=False)

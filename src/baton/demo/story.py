@@ -20,7 +20,7 @@ from ..approvals import ApprovalRecord
 from ..audit import verify, write_checkpoint
 from ..audit.keys import KEY_ENV, load_private, load_public
 from ..audit.keys import generate as generate_key
-from ..cli.render import TimelineRenderer, status_text, timeline_table
+from ..cli.render import Tail, status_text, timeline_table
 from ..config import Governance
 from ..journal import decode
 from ..journal import events as ev
@@ -38,22 +38,6 @@ class DemoFailed(Exception):
     pass
 
 
-class _Tail:
-    """Prints the run's journal as it grows, whichever process writes it."""
-
-    def __init__(self, baton: Baton, run_id: str, console: Console) -> None:
-        self.baton, self.run_id, self.console = baton, run_id, console
-        self.seq = 0
-        self.renderer = TimelineRenderer()
-
-    def poll(self, label: str) -> None:
-        for row in self.baton.store.read(self.run_id, self.seq):
-            self.seq = row.seq
-            text = self.renderer.line(decode(row, self.baton.store.blob))
-            if text is not None:
-                self.console.print(f"  [dim]{label}[/]  {text}", highlight=False)
-
-
 def _worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "baton", "worker", "--until-idle", "--quiet"],
@@ -61,14 +45,14 @@ def _worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
     )
 
 
-def _wait(proc: subprocess.Popen[bytes], tail: _Tail, label: str, until: float,
+def _wait(proc: subprocess.Popen[bytes], tail: Tail, label: str, until: float,
           marker: Path | None = None) -> None:
     while time.monotonic() < until:
-        tail.poll(label)
+        tail.show(label)
         if marker is not None and marker.exists():
             return
         if proc.poll() is not None:
-            tail.poll(label)
+            tail.show(label)
             return
         time.sleep(0.02)
     proc.kill()
@@ -177,7 +161,7 @@ def _story(console: Console, *, root: Path, interactive: bool, model: str | None
     )
     run_id = baton.start(WORKFLOW, input_for(model), principal="alice")
     console.print(f"run [bold]{run_id}[/] started for alice; worker 1 picks it up\n", highlight=False)
-    tail = _Tail(baton, run_id, console)
+    tail = Tail(baton, run_id, console)
 
     holder = _worker(env)
     _wait(holder, tail, "worker 1", time.monotonic() + 30)
@@ -185,7 +169,7 @@ def _story(console: Console, *, root: Path, interactive: bool, model: str | None
         raise DemoFailed("policy did not hold the refund for approval: "
                          + (holder.stderr.read().decode() if holder.stderr else ""))
     decision = _approval(baton, run_id, console, command, env_prefix, interactive=interactive)
-    tail.poll("bob     ")
+    tail.show("bob     ")
     if decision.status != "approved":
         console.print(f"\n  The refund was {decision.status}; worker 2 lets the workflow see it.\n")
         _wait(_worker(env), tail, "worker 2", time.monotonic() + 30)

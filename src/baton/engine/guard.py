@@ -80,7 +80,6 @@ class Guard:
                     count, total = self.per_tool.get(tool.name, (0, 0.0))
                     self.per_tool[tool.name] = (count + 1, total + cost)
                     self.usage.tokens += self.tokens(tool, rec.result)
-                    self.usage.spend += self.spent(tool, rec.result)
         self._counted = max(self._counted, x.position - 1)
         return self.usage
 
@@ -99,11 +98,6 @@ class Guard:
         if tool.tokens is None:
             return 0
         return self._declared("tokens", tool, lambda: tool.tokens_of(tool.decode_result(result)))
-
-    def spent(self, tool: Tool[Any, Any], result: Any) -> float:
-        if tool.spent is None:
-            return 0.0
-        return self._declared("spend", tool, lambda: tool.spent_of(tool.decode_result(result)))
 
     def _declared(self, what: str, tool: Tool[Any, Any], compute: Callable[[], T]) -> T:
         """Run a function the tool declared: a broken one fails the run, never passes silently."""

@@ -221,7 +221,10 @@ class Sealer:
         return value
 
     def _seal_text(self, text: str) -> Any:
-        if text in self.known:  # declared sensitive earlier in the run: it stays so
+        # Declared sensitive earlier in the run: it stays so, on its own or inside other text
+        # (a model that repeats a temporary password in its answer).
+        known = self.known
+        if known and (text in known or any(value in text for value in known)):
             return self.seal_value(text, "sensitive")
         found = detect(text)
         return text if found is None else self.seal_value(text, found)

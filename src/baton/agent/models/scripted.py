@@ -61,16 +61,25 @@ Step = Reply | Callable[[ModelRequest], Reply]
 
 
 def last_results(request: ModelRequest) -> dict[str, Any]:
-    """The results of the previous turn's tool calls, by tool name (a later call of the
-    same tool wins). Errors are included as ``{"error": text}``."""
-    names: dict[str, str] = {}
-    found: dict[str, Any] = {}
+    """The latest result of each tool among the turns the request still holds in full,
+    by tool name (a later call of the same tool wins). Errors are ``{"error": text}``."""
+    return {name: result for name, _, result in calls_of(request)}
+
+
+def calls_of(request: ModelRequest, tool: str | None = None) -> list[tuple[str, Any, Any]]:
+    """(tool name, arguments, result) of every call the request still holds in full, oldest
+    first; only ``tool``'s when it is given. Errors are ``{"error": text}``."""
+    made: dict[str, ToolCall] = {}
+    found: list[tuple[str, Any, Any]] = []
     for message in request.messages:
         for part in message.content:
             if isinstance(part, ToolCall):
-                names[part.id] = part.name
-            elif isinstance(part, ToolResult) and part.id in names:
-                found[names[part.id]] = {"error": part.content} if part.is_error else part.content
+                made[part.id] = part
+            elif isinstance(part, ToolResult) and part.id in made:
+                proposed = made[part.id]
+                if tool is None or proposed.name == tool:
+                    result = {"error": part.content} if part.is_error else part.content
+                    found.append((proposed.name, proposed.args, result))
     return found
 
 
