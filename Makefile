@@ -29,5 +29,18 @@ bench: $(STAMP)
 	$(BIN)/python bench/sealing.py
 	$(BIN)/python bench/throughput.py
 
+# The tests marked `semantic`, with the real sentence model, in a venv of their own: the
+# semantic extra pulls in PyTorch (several GB). For a CPU-only PyTorch (far smaller), run
+# make test-semantic SEMANTIC_PIP_ARGS="--extra-index-url https://download.pytorch.org/whl/cpu"
+SEMANTIC_VENV := .venv-semantic
+SEMANTIC_PIP_ARGS ?=
+
+.PHONY: test-semantic
+test-semantic:
+	@test -x $(SEMANTIC_VENV)/bin/python || $(PYTHON) -m venv $(SEMANTIC_VENV)
+	@$(SEMANTIC_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(SEMANTIC_VENV)/bin/python -m pip install --quiet $(SEMANTIC_PIP_ARGS) -e ".[test,semantic]"
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(SEMANTIC_VENV)/bin/python -m pytest -q -m semantic
+
 clean:
 	rm -rf $(VENV) .baton .pytest_cache .mypy_cache .ruff_cache .hypothesis

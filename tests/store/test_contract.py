@@ -12,9 +12,11 @@ import subprocess
 import sys
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from baton.errors import AppendConflict, MigrationError, StoreError
 from baton.journal import (
@@ -27,6 +29,7 @@ from baton.journal import (
     verify_chain,
 )
 from baton.journal import events as ev
+from baton.memory import MemoryEntry, NewMemory
 from baton.store import NewRun, RunRecord, Signal, Store
 
 if TYPE_CHECKING:
@@ -865,3 +868,161 @@ def test_another_process_sees_and_makes_writes(backend: Backend, store: Store) -
     assert (record.status, record.wake_at) == (RunStatus.SLEEPING, 123.0)
     assert [s.signal_id for s in store.pending_signals("r1")] == [child["signal"]]
     assert verify_chain(store.read("r1")) is None
+
+
+# -- long-term memory --------------------------------------------------------------------
+
+
+def memory(text: str, *, tenant: str | None = "acme", namespace: str = "tenant", run_id: str | None = None,
+           step_id: int | None = None, **fields: object) -> NewMemory:
+    values: dict[str, Any] = {"data_json": "null", "source": "workflow", "trusted": False, "created_at": T0}
+    values.update(fields)
+    return NewMemory(tenant=tenant, namespace=namespace, text=text, run_id=run_id, step_id=step_id, **values)
+
+
+def found(store: Store, query: str, *, tenant: str | None = "acme", namespace: str = "tenant",
+          limit: int = 10) -> list[str]:
+    return [entry.text for entry in store.search_memory(tenant, namespace, query, limit)]
+
+
+def test_an_entry_keeps_every_field_it_was_given(store: Store) -> None:
+    entry_id = store.remember(memory(
+        "Alice prefers refunds by bank transfer", namespace="principal:alice", principal="alice",
+        data_json='{"channel":"bank","n":[1,2.5]}', source="tool_output", trusted=True, run_id="r1", step_id=3,
+        created_at=T0 + 0.25, embedding=(0.5, -1.0, 0.0)))
+    assert store.memories("acme") == [MemoryEntry(
+        id=entry_id, text="Alice prefers refunds by bank transfer", data={"channel": "bank", "n": [1, 2.5]},
+        namespace="principal:alice", tenant="acme", principal="alice", source="tool_output", trusted=True,
+        run_id="r1", step_id=3, created_at=T0 + 0.25, score=None, embedding=(0.5, -1.0, 0.0))]
+    anonymous = store.remember(memory("no tenant, no run", tenant=None))
+    [entry] = store.memories(None)
+    assert (entry.id, entry.tenant, entry.run_id, entry.step_id, entry.embedding) == (anonymous, None, None, None, None)
+
+
+def test_a_run_s_step_is_remembered_once_and_gives_back_its_first_id(store: Store) -> None:
+    first = store.remember(memory("the first attempt", run_id="r1", step_id=4))
+    again = store.remember(memory("written again after a crash", run_id="r1", step_id=4))
+    other_step = store.remember(memory("the next step", run_id="r1", step_id=5))
+    other_run = store.remember(memory("another run", run_id="r2", step_id=4))
+    assert again == first
+    assert len({first, other_step, other_run}) == 3
+    assert sorted(e.text for e in store.memories("acme")) == ["another run", "the first attempt", "the next step"]
+    assert found(store, "crash") == []  # what was not stored is not indexed either
+
+
+def test_entries_written_outside_a_run_are_never_taken_for_each_other(store: Store) -> None:
+    ids = {store.remember(memory("seeded fact")) for _ in range(3)}
+    assert len(ids) == 3
+    assert len(store.memories("acme")) == 3
+
+
+def test_two_workers_remembering_one_step_at_once_write_one_entry(backend: Backend) -> None:
+    stores = [backend.open() for _ in range(4)]
+    ids: list[int] = []
+    barrier = threading.Barrier(len(stores))
+
+    def write(store: Store, n: int) -> None:
+        barrier.wait()
+        ids.append(store.remember(memory(f"worker {n}", run_id="r1", step_id=1)))
+
+    threads = [threading.Thread(target=write, args=(s, n)) for n, s in enumerate(stores)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(ids) == len(stores) and len(set(ids)) == 1
+    assert len(stores[0].memories("acme")) == 1
+
+
+def test_search_ranks_the_entries_matching_more_of_the_words_first(store: Store) -> None:
+    for text in ("Damaged goods are refunded in full", "Shipping takes three days",
+                 "Refunds go back to the card used", "Gift cards cannot be refunded"):
+        store.remember(memory(text))
+    assert found(store, "refund damaged goods")[0] == "Damaged goods are refunded in full"
+    assert sorted(found(store, "refunds")) == ["Damaged goods are refunded in full", "Gift cards cannot be refunded",
+                                               "Refunds go back to the card used"]  # stemmed: refund(s|ed)
+    assert found(store, "shipping") == ["Shipping takes three days"]
+    assert found(store, "REFUNDS", limit=1) == found(store, "refunds", limit=1)
+    scores = [e.score for e in store.search_memory("acme", "tenant", "refund damaged goods", 10)]
+    assert all(s is not None for s in scores) and scores == sorted(scores, reverse=True)  # type: ignore[type-var]
+
+
+def test_search_respects_its_limit(store: Store) -> None:
+    for n in range(5):
+        store.remember(memory(f"refund note {n}"))
+    assert len(found(store, "refund", limit=2)) == 2
+    assert len(found(store, "refund", limit=10)) == 5
+
+
+def test_a_tenant_never_finds_another_tenant_s_entries(store: Store) -> None:
+    store.remember(memory("acme refund secret", tenant="acme"))
+    store.remember(memory("globex refund secret", tenant="globex"))
+    store.remember(memory("tenantless refund secret", tenant=None))
+    store.remember(memory("acme principal refund secret", namespace="principal:alice"))
+    assert found(store, "refund secret") == ["acme refund secret"]
+    assert found(store, "refund secret", tenant="globex") == ["globex refund secret"]
+    assert found(store, "refund secret", tenant=None) == ["tenantless refund secret"]
+    assert found(store, "refund", namespace="principal:alice") == ["acme principal refund secret"]
+    assert found(store, "refund", namespace="principal:bob") == []
+    assert [e.text for e in store.memories("globex")] == ["globex refund secret"]
+    assert not store.forget_memory("globex", store.memories("acme")[0].id)  # not globex's to erase
+    assert len(store.memories("acme")) == 2
+
+
+HOSTILE_QUERIES = ['"', '"unbalanced', "refund*", "*", "-refund", "- -", "OR", "refund OR", "AND NOT",
+                   "NEAR(refund card)", "(", "refund)", "((", "", "   ", "'", "a'b", "\\", "col:refund",
+                   "text:refund", "^refund", "refund + card", "!!", "&|", "<->", "refund:*", "\x00", "\ud800",
+                   "😀 refund", "ß", "x" * 5000, "refund " * 500]
+
+
+@pytest.mark.parametrize("query", HOSTILE_QUERIES)
+def test_no_query_text_makes_the_database_refuse(store: Store, query: str) -> None:
+    store.remember(memory("Refunds go back to the card used"))
+    store.search_memory("acme", "tenant", query, 5)  # no error, whatever it finds
+    assert "Refunds go back to the card used" in found(store, query + " refund")
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(query=st.text(max_size=80))
+def test_any_query_text_is_searchable(store: Store, query: str) -> None:
+    if not store.memories("acme"):
+        store.remember(memory("Refunds go back to the card used"))
+    for entry in store.search_memory("acme", "tenant", query, 5):
+        assert entry.tenant == "acme"
+
+
+def test_forgetting_an_entry_removes_it_from_search(store: Store) -> None:
+    keep = store.remember(memory("refund kept"))
+    gone = store.remember(memory("refund forgotten"))
+    assert store.forget_memory("acme", gone)
+    assert not store.forget_memory("acme", gone)
+    assert found(store, "refund") == ["refund kept"]
+    assert found(store, "forgotten") == []
+    assert [e.id for e in store.memories("acme")] == [keep]
+
+
+def test_forgetting_a_namespace_or_a_run_removes_only_their_entries(store: Store) -> None:
+    store.remember(memory("refund from run one", run_id="r1", step_id=1))
+    store.remember(memory("refund also from run one", run_id="r1", step_id=2, namespace="principal:alice"))
+    store.remember(memory("refund from run two", run_id="r2", step_id=1))
+    store.remember(memory("refund in the faq", namespace="tenant/faq"))
+    store.remember(memory("globex's faq refund", tenant="globex", namespace="tenant/faq"))
+    assert store.forget_run_memories("r1") == 2
+    assert store.forget_run_memories("r1") == 0
+    assert sorted(e.text for e in store.memories("acme")) == ["refund from run two", "refund in the faq"]
+    assert found(store, "one") == [] and found(store, "refund", namespace="principal:alice") == []
+    assert store.forget_namespace("acme", "tenant/faq") == 1
+    assert found(store, "refund", namespace="tenant/faq") == []
+    assert found(store, "refund", tenant="globex", namespace="tenant/faq") == ["globex's faq refund"]
+
+
+def test_listing_filters_by_namespace_and_run_newest_first(store: Store) -> None:
+    a = store.remember(memory("one", run_id="r1", step_id=1))
+    b = store.remember(memory("two", run_id="r1", step_id=2, namespace="principal:alice"))
+    c = store.remember(memory("three", run_id="r2", step_id=1))
+    assert [e.id for e in store.memories("acme")] == [c, b, a]
+    assert [e.id for e in store.memories("acme", "tenant")] == [c, a]
+    assert [e.id for e in store.memories("acme", run_id="r1")] == [b, a]
+    assert [e.id for e in store.memories("acme", "tenant", run_id="r1")] == [a]
+    assert [e.id for e in store.memories("acme", limit=1)] == [c]
+    assert store.memories("globex") == []

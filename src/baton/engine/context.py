@@ -233,6 +233,33 @@ class Context:
         x.buffer(ev.ValueRecorded(step_id=step_id, kind="uuid", value=str(value)))
         return value
 
+    def remember(self, text: str, *, data: Any = None, namespace: str = "principal", trusted: bool = False,
+                 source: str = "workflow") -> Any:
+        """Write ``text`` (and JSON ``data``) to long-term memory and return the entry's id.
+
+        ``namespace``: ``"principal"`` (the run's principal's own memory), ``"tenant"``
+        (shared by the tenant's runs), or either with a shelf (``"tenant/faq"``). Text from
+        a tool's output or a model is untrusted (``trusted=False``, the default); policy
+        never reads memory either way. Written once, even across crashes (see
+        :mod:`baton.memory`). In an ``async def`` workflow, await it.
+        """
+        from ..memory import steps
+
+        entry_id = steps.remember(self._x, text, data=data, namespace=namespace, trusted=trusted, source=source)
+        return _ready(entry_id) if self._async else entry_id
+
+    def recall(self, query: str, *, limit: int = 5, namespace: str = "principal", mode: str = "text") -> Any:
+        """Search long-term memory: a list of :class:`~baton.memory.MemoryEntry`, best first.
+
+        ``mode``: ``"text"`` (full-text, any query accepted), ``"semantic"`` (by meaning:
+        the runtime needs an embedder) or ``"hybrid"``. Recorded once: replay returns the
+        same entries. In an ``async def`` workflow, await it.
+        """
+        from ..memory import steps
+
+        found = steps.recall(self._x, query, limit=limit, namespace=namespace, mode=mode)
+        return _ready(found) if self._async else found
+
 
 async def _ready(value: Any) -> Any:
     return value

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, JsonValue
 
 from .encoding import canonical_json
 
-StepKind = Literal["call", "sleep", "wait", "now", "uuid", "approval"]
+StepKind = Literal["call", "sleep", "wait", "now", "uuid", "approval", "remember", "recall"]
 
 
 class ErrorInfo(BaseModel):
@@ -210,10 +210,12 @@ class StepResolved(Event):
 
 
 class ValueRecorded(Event):
-    """A replay-safe value (``ctx.now()``, ``ctx.uuid()``) recorded on first execution."""
+    """A replay-safe value (``ctx.now()``, ``ctx.uuid()``) recorded on first execution. Also
+    what ``ctx.remember`` wrote (the entry's id) and what ``ctx.recall`` found (the entries,
+    sealed with the run's key), so that replay returns the same answer without searching."""
 
     step_id: int
-    kind: Literal["now", "uuid"]
+    kind: Literal["now", "uuid", "remember", "recall"]
     value: JsonValue
 
 

@@ -19,6 +19,7 @@ from ..approvals import ApprovalRecord
 from ..audit.checkpoints import Checkpoint
 from ..journal import EncodedEvent, IndexUpdate, RunStatus
 from ..journal import events as ev
+from ..memory.entries import MemoryEntry, NewMemory
 from ..sensitive.keys import WrappedKey
 
 
@@ -266,6 +267,38 @@ class Store(Protocol):
         """Destroy the run's data key so that no copy of it is left in the database files
         (in SQLite: overwritten, and the write-ahead log emptied). ``False`` if there was
         none left to erase."""
+        ...
+
+    # -- long-term memory --------------------------------------------------------------
+
+    def remember(self, entry: NewMemory) -> int:
+        """Store an entry and return its id. An entry of a run is keyed by its
+        ``(run_id, step_id)``: storing it again stores nothing and returns the first one's id."""
+        ...
+
+    def search_memory(self, tenant: str | None, namespace: str, query: str, limit: int = 10) -> list[MemoryEntry]:
+        """Full-text search of one tenant's namespace, best first, each with its ``score``.
+        ``query`` is a person's words: any text is accepted (``[]`` if it has no words)."""
+        ...
+
+    def memories(self, tenant: str | None, namespace: str | None = None, *, run_id: str | None = None,
+                 limit: int = 100) -> list[MemoryEntry]:
+        """A tenant's entries (in ``namespace``, or written by ``run_id``, if given), newest
+        first, with their embeddings."""
+        ...
+
+    def forget_memory(self, tenant: str | None, memory_id: int) -> bool:
+        """Delete one of the tenant's entries; ``False`` if it had none with that id."""
+        ...
+
+    def forget_namespace(self, tenant: str | None, namespace: str) -> int:
+        """Delete every entry of a tenant's namespace; returns how many."""
+        ...
+
+    def forget_run_memories(self, run_id: str) -> int:
+        """Delete every entry a run wrote, leaving no copy of their words in the search
+        index (in SQLite, deleted text is overwritten; the write-ahead log keeps the old pages
+        until it is checkpointed, as :meth:`erase_data_key` does); returns how many."""
         ...
 
     # -- inbox ----------------------------------------------------------------------

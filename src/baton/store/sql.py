@@ -32,6 +32,7 @@ from ..sensitive.keys import WrappedKey
 from . import migrations
 from .approvals_index import APPROVAL_COLUMNS, apply_approval, approval_record
 from .base import NewRun, RunRecord, Signal, StoredKey, Taken
+from .memories import MemoryRows
 
 _RUN_COLUMNS = (
     "runs.run_id, workflow, workflow_ref, status, created_at, updated_at, "
@@ -78,8 +79,9 @@ def _run(row: tuple[Any, ...]) -> RunRecord:
     )
 
 
-class SqlStore(ABC):
-    """A :class:`~baton.store.base.Store` in SQL; subclasses supply connections and dialect."""
+class SqlStore(MemoryRows, ABC):
+    """A :class:`~baton.store.base.Store` in SQL; subclasses supply connections and dialect.
+    The long-term memory's queries come from :class:`~baton.store.memories.MemoryRows`."""
 
     backend: str
     """The name of the backend's migrations folder: ``sqlite`` or ``postgres``."""
