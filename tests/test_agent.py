@@ -350,3 +350,32 @@ def test_a_declined_approval_goes_back_to_the_model(governed: Baton, services: P
     assert asked.turn == 3 and shown.is_error
     assert "a person declined this call" in shown.content and "not eligible" in shown.content
     assert [name for _, name, _ in invocations(services, "tool")] == ["lookup_order"]
+
+
+# -- memory -----------------------------------------------------------------------------
+
+
+def test_an_agent_remembers_for_a_later_run_and_what_it_wrote_is_untrusted(governed: Baton) -> None:
+    writer = ScriptedModel([call("remember", text="Order 98765: the customer prefers store credit"), say("noted")])
+    reader = ScriptedModel([
+        call("recall", query="store credit preference", limit=3),
+        lambda r: say(f"found: {last_results(r)['recall']}"),
+    ])
+    first = agent("helper", instructions="Take notes.", model=writer, tools=[lookup], memory="tenant")
+    assert governed.run(first, goal="Note the preference", principal="alice").status is RunStatus.COMPLETED
+    second = agent("helper", instructions="Use your notes.", model=reader, tools=[lookup], memory="tenant")
+    record = governed.run(second, goal="What does the customer of 98765 prefer?", principal="bob")
+    assert record.status is RunStatus.COMPLETED
+    (found,) = reader.calls[1].messages[-1].tool_results[0].content  # type: ignore[misc]
+    assert found["text"] == "Order 98765: the customer prefers store credit"
+    assert found["trusted"] is False and found["source"] == "agent"
+    assert {s.name for s in writer.calls[0].tools} >= {"remember", "recall"}
+
+
+def test_memory_tools_with_bad_arguments_go_back_to_the_model(plain: Baton) -> None:
+    model = ScriptedModel([call("remember", text=""), call("recall", query="x", limit=500), say("ok")])
+    wf = agent("helper", instructions="Take notes.", model=model, tools=[lookup], memory="tenant")
+    record = plain.run(wf, goal="Note nothing")
+    assert record.status is RunStatus.COMPLETED
+    assert "invalid arguments for remember" in model.calls[1].messages[-1].tool_results[0].content
+    assert "invalid arguments for recall" in model.calls[2].messages[-1].tool_results[0].content

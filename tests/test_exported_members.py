@@ -21,6 +21,7 @@ EXPORTED = [
     "DataErased",
     "Governance",
     "Limits",
+    "MemoryEntry",
     "MigrationError",
     "NonDeterminismError",
     "PolicyDenied",
@@ -55,6 +56,21 @@ EXPORTED = [
 
 def test_all_is_pinned() -> None:
     assert baton.__all__ == EXPORTED
+
+
+AGENT_EXPORTED = [
+    "Agent", "AgentError", "AgentLimits", "AgentWorkflow", "BedrockModel", "ContextBudget", "ContextReport", "Fact",
+    "Message", "Model", "ModelError", "ModelRequest", "ModelResponse", "OpenAIModel", "Pricing", "Reply",
+    "ScriptedModel", "TextPart", "TokenUsage", "ToolCall", "ToolResult", "ToolSource", "ToolSpec", "agent",
+    "all_text", "call", "call_raw", "calls_of", "last_results", "model_from_spec", "say",
+]
+
+
+def test_the_agent_surface_is_pinned_and_every_name_imports() -> None:
+    agent = importlib.import_module("baton.agent")
+    assert agent.__all__ == AGENT_EXPORTED
+    for name in AGENT_EXPORTED:
+        assert getattr(agent, name) is not None
 
 
 def test_all_is_sorted_and_has_no_duplicates() -> None:

@@ -359,6 +359,44 @@ def test_forgetting_a_run_s_memories_leaves_no_copy_in_the_database_file(baton: 
     assert baton.store.search_memory("acme", "principal:alice", "Zanzibarquokka", 5) == []
 
 
+def test_baton_forget_deletes_the_runs_memories_too(baton: Baton) -> None:
+    @workflow
+    def note(ctx: Context) -> None:
+        ctx.remember("Dana prefers a call after 5pm")
+
+    run_id = baton.start(note, principal="alice", tenant="acme")
+    baton.drive(run_id)
+    assert len(rows_of_run(baton, run_id)) == 1
+    baton.forget(run_id)
+    assert rows_of_run(baton, run_id) == []
+
+
+def test_sensitive_values_are_masked_in_memory_which_is_shared_and_searchable(baton: Baton,
+                                                                             tmp_path: Path) -> None:
+    @workflow(sensitive=["ssn"])
+    def note(ctx: Context, ssn: str) -> None:
+        ctx.remember(f"Dana (dana@example.com, SSN {ssn}) asked for a refund",
+                     data={"contact": "dana@example.com", "ssn": ssn, "order": "98765"})
+
+    run_id = baton.start(note, ssn="123-45-6789", principal="alice", tenant="acme")
+    assert baton.drive(run_id).status is RunStatus.COMPLETED, failure(baton, run_id)
+    [entry] = rows_of_run(baton, run_id)
+    assert "dana@example.com" not in entry.text and "123-45-6789" not in entry.text
+    assert "asked for a refund" in entry.text
+    assert entry.data == {"contact": "‹email›", "ssn": "‹sensitive›", "order": "98765"}
+    with sqlite3.connect(db_path(tmp_path)) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    assert b"dana@example.com" not in db_path(tmp_path).read_bytes()
+
+
+def test_a_runtime_given_an_embedder_recalls_by_meaning(tmp_path: Path) -> None:
+    with Baton(make_settings(tmp_path), embedder=concept_embedder) as b:
+        run_id = b.start(semantic_triage, query="broken box", mode="semantic", tenant="t")
+        assert b.drive(run_id).status is RunStatus.COMPLETED, failure(b, run_id)
+        assert b.result(run_id)[0] == "The parcel arrived damaged"
+
+
 # -- a real crash ----------------------------------------------------------------------------
 
 

@@ -33,6 +33,7 @@ from .errors import (
 )
 from .identity import Principal
 from .journal import RunStatus
+from .memory import MemoryEntry
 from .runtime import Baton
 from .sensitive import Sensitive
 from .settings import Settings
@@ -56,6 +57,7 @@ __all__ = [
     "DataErased",
     "Governance",
     "Limits",
+    "MemoryEntry",
     "MigrationError",
     "NonDeterminismError",
     "PolicyDenied",

@@ -31,6 +31,8 @@ from .errors import ApprovalError, BatonError, RunNotFound, UsageError
 from .journal import GENESIS_HASH, EncodedEvent, RunStatus, canonical_json, decode, encode_batch, index_update
 from .journal import events as ev
 from .logs import in_run
+from .memory.entries import Embedder
+from .memory.steps import use_embedder
 from .sensitive import NO_HINTS, MasterKey, Sealer
 from .sensitive.keys import ENV as MASTER_ENV
 from .sensitive.vault import Vault
@@ -96,7 +98,9 @@ class Baton:
 
     def __init__(self, settings: Settings | None = None, *, store: Store | None = None,
                  clock: Clock | None = None, governance: Governance | None = None,
-                 telemetry: Telemetry | None = None) -> None:
+                 telemetry: Telemetry | None = None, embedder: Embedder | None = None) -> None:
+        """``embedder`` turns texts into vectors, for ``ctx.recall(..., mode="semantic")``
+        (``baton.memory.sentence_embedder()`` with the ``semantic`` extra)."""
         self.settings = settings or Settings.from_env()
         self.governance = governance if governance is not None else Governance.load()
         self.telemetry = telemetry if telemetry is not None else Telemetry.from_env()
@@ -109,6 +113,8 @@ class Baton:
         self.pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="baton-tool")
         self.leases = LeaseKeeper(self.store, self.settings, self.clock, self.owner)
         self._workflows: dict[str, Workflow] = {}
+        if embedder is not None:
+            use_embedder(self.store, embedder)
 
     @property
     def audit_key(self) -> Ed25519PrivateKey | None:
@@ -557,9 +563,9 @@ class Baton:
         return opened.result
 
     def forget(self, run_id: str) -> Forgotten:
-        """Erase a finished run's sensitive values by destroying its data key. The journal,
-        its hashes and the signed checkpoints are untouched and still verify; the sealed
-        values become unreadable."""
+        """Erase a finished run's sensitive values by destroying its data key, and delete the
+        long-term memory entries it wrote. The journal, its hashes and the signed checkpoints
+        are untouched and still verify; the sealed values become unreadable."""
         try:
             run_id = self.resolve_run_id(run_id)
         except RunNotFound:
@@ -574,6 +580,7 @@ class Baton:
         if stored is None:
             raise UsageError(f"run {run_id} was recorded before Baton sealed sensitive values: they are stored "
                              "in clear, and destroying a key cannot erase them")
+        self.store.forget_run_memories(run_id)  # before the key: its erasure also scrubs the old pages
         erased = self.store.erase_data_key(run_id, self.clock.time())
         after = self.store.data_key(run_id)
         assert after is not None and after.erased_at is not None

@@ -23,7 +23,7 @@ from weakref import WeakKeyDictionary
 from ..engine.stops import Abort, StoreFailed
 from ..errors import DataErased, NonDeterminismError, StoreError, UsageError
 from ..journal import events as ev
-from ..sensitive.seal import Sealer
+from ..sensitive.seal import Sealer, masked
 from .entries import Embedder, MemoryEntry, check_limit, check_source, check_text, encode_data, resolve_namespace
 from .search import Memories, check_mode
 
@@ -90,6 +90,10 @@ def remember(x: Execution, text: str, *, data: Any = None, namespace: str = "pri
         return int(rec.result["id"])
     x.before_new_work(step_id)
     memories = _memories(x)
+    # Memory is shared across runs and searched as text, so it cannot be sealed with this
+    # run's key: what is sensitive in the run (detected, or declared) is masked instead.
+    text = x.sealer.redact(text)
+    data = masked(x.sealer.seal_data(data)) if data is not None else None
     entry = memories.entry(text, tenant=tenant, namespace=stored_namespace, data=data, principal=principal,
                            source=source, trusted=trusted, created_at=x.clock.time(), run_id=x.run_id,
                            step_id=step_id)
