@@ -60,7 +60,7 @@ def test_all_is_pinned() -> None:
 
 AGENT_EXPORTED = [
     "Agent", "AgentError", "AgentLimits", "AgentWorkflow", "BedrockModel", "ContextBudget", "ContextReport", "Fact",
-    "Message", "Model", "ModelError", "ModelRequest", "ModelResponse", "OpenAIModel", "Pricing", "Reply",
+    "McpServer", "Message", "Model", "ModelError", "ModelRequest", "ModelResponse", "OpenAIModel", "Pricing", "Reply",
     "ScriptedModel", "TextPart", "TokenUsage", "ToolCall", "ToolResult", "ToolSource", "ToolSpec", "agent",
     "all_text", "call", "call_raw", "calls_of", "last_results", "model_from_spec", "say",
 ]

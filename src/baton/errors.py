@@ -22,7 +22,10 @@ concern) so that the CLI and API can map them to one-line messages without parsi
     ├── BudgetExceeded          the run reached one of its limits; it fails before the step
     ├── DataErased              the run's sensitive values were erased (``baton runs forget``)
     ├── NonDeterminismError     the workflow asked for a different step than the journal holds
-    └── RunCancelled            raised inside a workflow whose run is being cancelled
+    ├── RunCancelled            raised inside a workflow whose run is being cancelled
+    ├── ModelError              a model call failed (``baton.agent``); ``retryable`` says if trying again helps
+    ├── AgentError              an agent cannot go on (its model keeps proposing impossible calls)
+    └── McpUnavailable, McpConnectionLost, McpToolError   an MCP server (``baton.agent.mcp``)
 """
 
 from __future__ import annotations

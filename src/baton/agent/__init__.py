@@ -22,12 +22,17 @@ from .models import Model, ModelError, model_from_spec
 from .models.scripted import Reply, ScriptedModel, all_text, call, call_raw, calls_of, last_results, say
 
 if TYPE_CHECKING:
+    from .mcp import McpServer
     from .models.bedrock import BedrockModel
     from .models.openai_compat import OpenAIModel
 
 
 def __getattr__(name: str) -> Any:
-    """The adapters import their client libraries (boto3, openai) only when asked for."""
+    """The adapters import their client libraries (boto3, openai, mcp) only when asked for."""
+    if name == "McpServer":
+        from .mcp import McpServer
+
+        return McpServer
     if name == "BedrockModel":
         from .models.bedrock import BedrockModel
 
@@ -48,6 +53,7 @@ __all__ = [
     "ContextBudget",
     "ContextReport",
     "Fact",
+    "McpServer",
     "Message",
     "Model",
     "ModelError",
