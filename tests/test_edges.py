@@ -377,6 +377,16 @@ def test_a_sync_workflow_calls_an_async_tool_from_a_running_event_loop(baton: Ba
 # -- 7. NaN and infinities are not JSON ----------------------------------------------------
 
 
+def test_a_workflow_returning_tuples_completes_with_the_lists_json_has(baton: Baton) -> None:
+    @workflow
+    def wf(ctx: Context) -> Any:
+        return {"pair": (1, 2)}, ("a",)
+
+    record = baton.run(wf)
+    assert record.status is RunStatus.COMPLETED, record.outcome
+    assert baton.result(record.run_id) == [{"pair": [1, 2]}, ["a"]]
+
+
 @pytest.mark.parametrize("data", [float("nan"), {"v": float("inf")}, [1.0, float("-inf")]],
                          ids=["nan", "nested-inf", "list-neg-inf"])
 def test_a_signal_that_is_not_json_is_refused_and_a_good_one_still_works(baton: Baton, data: Any) -> None:

@@ -9,6 +9,8 @@ and the execution stops without touching anything else.
 
 from __future__ import annotations
 
+import json
+
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -263,8 +265,10 @@ class Execution:
             self.append([ev.RunFailed(error=error_info(failure))])
             return Outcome(RunStatus.FAILED, str(failure))
         try:
-            canonical_json(result)
+            text = canonical_json(result)
         except (TypeError, ValueError, RecursionError) as exc:
             return self.finish(failure=BatonError(f"workflow returned a value that is not JSON: {exc}"))
+        if not isinstance(result, str | int | float | bool) and result is not None:
+            result = json.loads(text)  # once per run: tuples (at any depth) become the lists JSON has
         self.append([*self.withdraw_open("the run completed without this step"), ev.RunCompleted(result=result)])
         return Outcome(RunStatus.COMPLETED)
