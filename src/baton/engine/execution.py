@@ -10,7 +10,6 @@ and the execution stops without touching anything else.
 from __future__ import annotations
 
 import json
-
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
