@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/audit_verify.py
 	$(BIN)/python bench/sealing.py
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/agent_loop.py
 
 # The tests marked `semantic`, with the real sentence model, in a venv of their own: the
 # semantic extra pulls in PyTorch (several GB). For a CPU-only PyTorch (far smaller), run
