@@ -122,3 +122,22 @@ def test_the_console_exporter_is_chosen_by_the_standard_variable(monkeypatch: py
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "zipkin")
     with pytest.raises(Exception, match="console and otlp"):
         Telemetry.from_env()
+
+
+def test_an_agents_model_calls_are_genai_chat_spans_with_their_usage(
+        tmp_path: Path, exporters: tuple[InMemorySpanExporter, InMemoryMetricReader, Telemetry]) -> None:
+    from baton.agent import ScriptedModel, agent, call, say
+
+    spans, _, telemetry = exporters
+    model = ScriptedModel([call("charge", card="4111 1111 1111 1111", amount=5.0), say("charged")], label="t")
+    wf = agent("payer", instructions="Charge cards.", model=model, tools=[charge])
+    with Baton(make_settings(tmp_path), telemetry=telemetry) as b:
+        assert b.run(wf, goal="Charge 5").status is RunStatus.COMPLETED
+    chats = [s for s in spans.get_finished_spans() if s.name == "chat t"]
+    assert len(chats) == 2
+    attrs = chats[0].attributes or {}
+    assert attrs["gen_ai.operation.name"] == "chat" and attrs["gen_ai.provider.name"] == "scripted"
+    assert attrs["gen_ai.request.model"] == "t" and attrs["gen_ai.usage.input_tokens"] > 0
+    assert attrs["gen_ai.response.finish_reasons"] == ("tool_use",)
+    tool_spans = [s for s in spans.get_finished_spans() if s.name == "execute_tool charge"]
+    assert len(tool_spans) == 1 and "4111" not in str(tool_spans[0].attributes)

@@ -124,6 +124,8 @@ class Tool(Generic[P, R]):
     """The tool changes nothing (a lookup). Shown to policy; an agent does not pin its results as facts."""
     destructive: bool = False
     """The tool may destroy or overwrite something (MCP's ``destructiveHint``). Shown to policy."""
+    model: str | None = None
+    """Set on a model step (the agent loop's): the model it calls, for a GenAI ``chat`` span."""
     governed: bool = True
     """Policy decides each call. Model calls are not governed (they act on nothing); the run's
     step and token limits still count them."""

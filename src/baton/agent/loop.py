@@ -19,6 +19,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from opentelemetry import trace
+
 from ..engine.context import Context
 from ..errors import ApprovalDenied, BatonError, PolicyDenied, StepError, ToolValidationError, UsageError
 from ..tools import RetryPolicy, Tool
@@ -176,9 +178,14 @@ def model_step(model: Model, name: str, retries: int) -> Tool[Any, Any]:
         if request.turn != turn or request.purpose != purpose:  # a bug, not a user mistake
             raise AssertionError(f"model step for {purpose} {turn} was handed the request for "
                                  f"{request.purpose} {request.turn}")
-        return model.complete(request).model_dump(mode="json")
+        response = model.complete(request)
+        trace.get_current_span().set_attributes({  # the step's span, when telemetry is on
+            "gen_ai.usage.input_tokens": response.usage.input_tokens,
+            "gen_ai.usage.output_tokens": response.usage.output_tokens,
+            "gen_ai.response.model": response.model, "gen_ai.response.finish_reasons": [response.stop_reason]})
+        return response.model_dump(mode="json")
 
-    return Tool(fn=complete, name=name, idempotent=True, read_only=True, governed=False,
+    return Tool(fn=complete, name=name, idempotent=True, read_only=True, governed=False, model=model.name,
                 description=f"a call to {model.name}",
                 retry=RetryPolicy(retries=retries, backoff=1.0, max_backoff=20.0,
                                   retry_on=(ModelError, OSError, TimeoutError)),

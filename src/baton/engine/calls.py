@@ -363,6 +363,13 @@ class Calls:
 
     def _span(self, plan: CallPlan) -> Any:
         x = self.x
+        model = plan.tool.model
+        if model is not None:  # a model call: the GenAI conventions' inference span
+            provider, _, model_id = model.partition(":")
+            return x.telemetry.span(f"chat {model_id or model}", {
+                "gen_ai.operation.name": "chat", "gen_ai.provider.name": provider, "gen_ai.request.model": model_id,
+                "baton.run.id": x.run_id, "baton.step.id": plan.step_id, "baton.step.name": plan.tool.name,
+            })
         return x.telemetry.span(f"execute_tool {plan.tool.name}", {
             "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": plan.tool.name,
             "gen_ai.tool.call.id": idempotency_key(x.run_id, plan.step_id), "baton.run.id": x.run_id,
