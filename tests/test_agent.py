@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from baton import Baton, BudgetExceeded, Limits, RunStatus, tool
+from baton import Baton, BudgetExceeded, Context, Limits, RunStatus, tool, workflow
 from baton.agent import (
     AgentLimits,
     Model,
@@ -379,3 +379,59 @@ def test_memory_tools_with_bad_arguments_go_back_to_the_model(plain: Baton) -> N
     assert record.status is RunStatus.COMPLETED
     assert "invalid arguments for remember" in model.calls[1].messages[-1].tool_results[0].content
     assert "invalid arguments for recall" in model.calls[2].messages[-1].tool_results[0].content
+
+
+# -- ctx.llm and resources --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_ctx_llm_is_one_journaled_model_call_that_replay_does_not_repeat(tmp_path: Path, is_async: bool) -> None:
+    model = ScriptedModel([say("The customer is upset about a late parcel.")])
+    if is_async:
+        @workflow
+        async def triage(ctx: Context, text: str) -> str:
+            answer = await ctx.llm(model, f"Summarise: {text}", system="Be brief.")
+            await ctx.wait_for("go")
+            return str(answer.text)
+    else:
+        @workflow
+        def triage(ctx: Context, text: str) -> str:
+            answer = ctx.llm(model, f"Summarise: {text}", system="Be brief.")
+            ctx.wait_for("go")
+            return str(answer.text)
+
+    with Baton(make_settings(tmp_path)) as b:
+        run_id = b.start(triage, text="Where is my parcel?!")
+        assert b.drive(run_id).status is RunStatus.WAITING
+        b.signal(run_id, "go")
+        record = b.drive(run_id)  # replays the llm step from the journal
+        assert record.status is RunStatus.COMPLETED
+        assert b.result(run_id) == "The customer is upset about a late parcel."
+        (step,) = [e for e in of_type(b, run_id, ev.StepRan) if e.name == "llm"]
+        lines = [line for e in b.events(run_id) if (line := TimelineRenderer().line(e))]
+    assert len(model.calls) == 1 and model.calls[0].system == "Be brief."
+    assert step.args["request_sha256"] and any("llm: answers" in line for line in lines)
+
+
+def order_resource(order_id: str) -> tuple[str, str]:
+    if not order_id.isdigit():
+        raise ValueError(f"{order_id!r} is not an order number")
+    return "Order", order_id
+
+
+@tool(idempotent=True, resource=order_resource)
+def cancel_order(order_id: str) -> str:
+    """Cancel an order."""
+    return f"cancelled {order_id}"
+
+
+def test_arguments_that_cannot_name_the_resource_go_back_to_the_model(governed: Baton) -> None:
+    model = ScriptedModel([call("cancel_order", order_id="my latest order"), call("cancel_order", order_id="98765"),
+                           say("done")])
+    wf = agent("helper", instructions="Cancel orders.", model=model, tools=[cancel_order])
+    record = governed.run(wf, goal="Cancel my latest order", principal="alice")
+    assert record.status is RunStatus.COMPLETED, record
+    (shown,) = model.calls[1].messages[-1].tool_results
+    assert shown.is_error and "cannot be named" in shown.content and "not an order number" in shown.content
+    assert [e.name for e in of_type(governed, record.run_id, ev.StepRan)] == ["model", "model", "cancel_order",
+                                                                               "model"]

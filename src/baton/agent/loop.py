@@ -163,6 +163,38 @@ only: the context is a fold of the journal (tool results, earlier answers, summa
 storing it again on every turn would make each turn's append grow with the run."""
 
 
+_LLM_STEPS: dict[int, tuple[Model, Tool[Any, Any]]] = {}
+"""The ``ctx.llm`` step of each model object (kept, so its id is not reused)."""
+
+
+def _llm_step(model: Model) -> Tool[Any, Any]:
+    found = _LLM_STEPS.get(id(model))
+    if found is None or found[0] is not model:
+        found = _LLM_STEPS[id(model)] = (model, model_step(model, "llm", 4))
+    return found[1]
+
+
+def _llm_args(request: ModelRequest) -> dict[str, Any]:
+    return {"turn": request.turn, "purpose": request.purpose, "request_sha256": request_digest(request)}
+
+
+def ask_model(ctx: Context, model: Model, request: ModelRequest) -> ModelResponse:
+    """One model call as a journaled step, for a workflow written as code (``ctx.llm``)."""
+    token = _REQUEST.set(request)
+    try:
+        return ModelResponse.model_validate(ctx.call(_llm_step(model), **_llm_args(request)))
+    finally:
+        _REQUEST.reset(token)
+
+
+async def ask_model_async(ctx: Context, model: Model, request: ModelRequest) -> ModelResponse:
+    token = _REQUEST.set(request)
+    try:
+        return ModelResponse.model_validate(await ctx.call(_llm_step(model), **_llm_args(request)))
+    finally:
+        _REQUEST.reset(token)
+
+
 def request_digest(request: ModelRequest) -> str:
     return hashlib.sha256(request.model_dump_json().encode()).hexdigest()
 
@@ -279,6 +311,9 @@ class _Loop:
         if not isinstance(call.args, dict):
             return error(f"the arguments of {call.name} must be a JSON object, not {type(call.args).__name__}"), True
         recent = self.transcript.facts[-EVIDENCE_FACTS:]
+        unnamed = _unnamed_resource(tool, call.args)
+        if unnamed is not None:
+            return error(unnamed), True
         evidence = {"agent": self.spec.name, "model_says": reason,
                     "facts": [f.model_dump(mode="json", exclude_none=True) for f in recent]}
         try:
@@ -329,6 +364,22 @@ class _Loop:
         return {"answer": answer, "stop_reason": stop, "turns": len(t.turns), "tokens": self.tokens,
                 "spend": round(self.spend, 6), "plan": t.plan,
                 "facts": [f.model_dump(mode="json", exclude_none=True) for f in t.facts]}
+
+
+def _unnamed_resource(tool: Tool[Any, Any], args: dict[str, Any]) -> str | None:
+    """Why policy could not name what the call acts on, from the model's arguments (in a
+    workflow a mistake of its code, which fails the run; here the model's, which it is told)."""
+    if tool.resource is None or not tool.governed:
+        return None
+    try:
+        values, _ = tool.validate(tool.bind((), dict(args)))
+    except ToolValidationError:
+        return None  # ctx.call journals the validation failure itself
+    try:
+        tool.resource_of(values)
+    except Exception as exc:  # noqa: BLE001 - the tool's own function, given the model's arguments
+        return f"the call was not made: what it acts on cannot be named from these arguments ({exc})"
+    return None
 
 
 def _parameters(tool: Tool[Any, Any]) -> dict[str, Any]:

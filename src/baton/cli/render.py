@@ -60,7 +60,7 @@ def _one_line(text: Any, limit: int) -> str:
 def model_line(sid: int, name: str, args: dict[str, Any], result: Any) -> str | None:
     """An agent's model step in a line: what it proposed or answered, and what it cost;
     ``None`` if the step is not one."""
-    if name not in ("model", "model.plan", "model.summary") or not isinstance(result, dict) \
+    if name not in ("model", "model.plan", "model.summary", "llm") or not isinstance(result, dict) \
             or not isinstance(result.get("message"), dict):
         return None
     parts = [p for p in result["message"].get("content", []) if isinstance(p, dict)]
@@ -80,7 +80,8 @@ def model_line(sid: int, name: str, args: dict[str, Any], result: Any) -> str | 
         seen += f", turns 1-{context['turns_summarised']} summarised"
     for dropped in context.get("dropped") or []:
         seen += f", cut {dropped}"
-    return (f"[cyan]◆ step {sid}[/] model, turn {args.get('turn')}: {escape(said)} "
+    who = "llm" if name == "llm" else f"model, turn {args.get('turn')}"
+    return (f"[cyan]◆ step {sid}[/] {who}: {escape(said)} "
             f"[dim]({tokens} tokens; {escape(seen)})[/]")
 
 

@@ -44,6 +44,7 @@ class Context:
     def __init__(self, execution: Execution, *, is_async: bool) -> None:
         self._x = execution
         self._async = is_async
+        self._llm_calls = 0
 
     @property
     def run_id(self) -> str:
@@ -212,6 +213,30 @@ class Context:
                 raise Suspend()
             x.buffer(ev.ApprovalConsumed(step_id=step_id, approval_id=approval.request.approval_id))
         return ApprovalDecision(approval.status == "approved", approval.by, approval.reason)
+
+    def llm(self, model: Any, prompt: Any, *, system: str = "", max_tokens: int = 1024,
+            temperature: float | None = None) -> Any:
+        """Ask ``model`` (a ``baton.agent`` model) once, as a journaled step: replay returns the
+        recorded :class:`~baton.agent.ModelResponse` without calling the model again, and a
+        transient error is retried with backoff. ``prompt`` is text, or a whole
+        ``ModelRequest``. For a loop in which the model chooses tools, see ``baton.agent.agent``.
+
+        >>> answer = ctx.llm(model, f"Summarise this complaint: {text}").text   # doctest: +SKIP
+        """
+        from ..agent.loop import ask_model, ask_model_async
+        from ..agent.messages import Message, ModelRequest
+
+        self._llm_calls += 1  # the run's Nth ctx.llm is turn N: the same number on replay
+        if isinstance(prompt, ModelRequest):
+            request = prompt
+        elif isinstance(prompt, str):
+            request = ModelRequest(system=system, messages=(Message.user(prompt),), max_tokens=max_tokens,
+                                   temperature=temperature, turn=self._llm_calls)
+        else:
+            raise UsageError(f"ctx.llm needs a prompt string or a ModelRequest, not {type(prompt).__name__}")
+        if self._async:
+            return ask_model_async(self, model, request)
+        return ask_model(self, model, request)
 
     def now(self) -> datetime:
         """The current time, recorded once: replay returns the same instant."""
