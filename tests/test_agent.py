@@ -435,3 +435,23 @@ def test_arguments_that_cannot_name_the_resource_go_back_to_the_model(governed: 
     assert shown.is_error and "cannot be named" in shown.content and "not an order number" in shown.content
     assert [e.name for e in of_type(governed, record.run_id, ev.StepRan)] == ["model", "model", "cancel_order",
                                                                                "model"]
+
+
+@tool(idempotent=True)
+def find_account(email: str) -> str:
+    """Find an account by e-mail."""
+    raise LookupError(f"no account for {email}")
+
+
+def test_a_failure_is_told_to_the_model_as_recorded_so_a_resumed_run_rebuilds_the_same_context(
+        plain: Baton) -> None:
+    """Error text is stored redacted; the live run must be told that same text, or a resumed
+    run would rebuild another context (and could summarise at another turn)."""
+    model = ScriptedModel([call("find_account", email="dana@example.com"), say("not found")])
+    wf = agent("helper", instructions="Find accounts.", model=model, tools=[find_account])
+    record = plain.run(wf, goal="Find Dana")
+    assert record.status is RunStatus.COMPLETED
+    (told,) = model.calls[1].messages[-1].tool_results
+    (failed,) = of_type(plain, record.run_id, ev.StepFailed)
+    assert "dana@example.com" not in told.content and "‹email›" in told.content
+    assert failed.error.message in told.content

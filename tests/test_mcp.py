@@ -473,6 +473,26 @@ def test_a_read_only_call_cut_off_by_a_dying_server_is_retried_on_a_new_session(
     assert [c["key"] for c in calls] == [f"{record.run_id}:1"] * 2 and calls[0]["pid"] != calls[1]["pid"]
 
 
+def test_a_call_that_is_not_idempotent_cut_off_by_a_dying_server_is_in_doubt_not_failed(
+        baton: Baton, accounts: McpServer, mounted: dict[str, McpTool], executed: Executed) -> None:
+    mount(accounts, overrides={"wait": {"retries": 3, "backoff": 0.01, "idempotent": False, "read_only": False}})
+
+    def kill_the_server_mid_call() -> None:
+        wait_until(lambda: len(executed()) == 1)
+        os.kill(executed()[0]["pid"], signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_the_server_mid_call)
+    killer.start()
+    record = baton.run(call_tool, {"tool": "wait", "args": {"seconds": 1.0}})
+    killer.join()
+    # It may have taken effect: neither a failure (a model would try again) nor a retry.
+    assert record.status == RunStatus.NEEDS_ATTENTION, record
+    assert of_type(baton, record.run_id, ev.StepFailed) == []
+    (attention,) = of_type(baton, record.run_id, ev.NeedsAttention)
+    assert "not idempotent and has no reconcile hook" in attention.reason
+    assert len(executed()) == 1
+
+
 def test_close_stops_the_server_and_a_later_call_starts_it_again(accounts: McpServer, executed: Executed) -> None:
     (lookup,) = accounts.tools(only=["lookup_account"])
     asyncio.run(lookup.fn(account_id="a1", idempotency_key="k1"))

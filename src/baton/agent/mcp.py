@@ -92,11 +92,12 @@ class McpUnavailable(BatonError):
 
 class McpConnectionLost(BatonError):
     """The connection broke while a call was in flight, so the call may or may not have
-    taken effect. Retryable for a tool that is idempotent; mounted tools that are not give
-    up on it rather than risk doing it twice."""
+    taken effect. Retried for a tool that is idempotent; for one that is not, the step is in
+    doubt, as after a crash mid-call: its ``reconcile`` hook decides, or a person does."""
 
     code = "mcp_connection_lost"
     retryable = True
+    in_doubt = True
 
 
 class McpToolError(BatonError):

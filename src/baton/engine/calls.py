@@ -145,7 +145,7 @@ class Calls:
                                role=tool.role),
                 ev.StepFailed(step_id=step_id, attempt=0, error=error_info(error), final=True),
             ])
-            return CallPlan(tool, step_id, error=step_error(tool.name, error_info(error), x.run_id, step_id))
+            return CallPlan(tool, step_id, error=step_error(tool.name, x.recorded_error(step_id), x.run_id, step_id))
 
     def admit(self, tool: Tool[Any, Any], step_id: int, values: dict[str, Any], args_json: dict[str, Any],
               before: list[ev.Event] | None = None) -> CallPlan:
@@ -293,6 +293,12 @@ class Calls:
                         return settled.value
                 failure: Exception = exc
             except (Exception, SystemExit) as exc:  # noqa: BLE001 - every tool failure is recorded
+                if getattr(exc, "in_doubt", False) and not tool.idempotent:
+                    # The call may have taken effect (a connection lost mid-call): the same as a
+                    # crash mid-call, reconciled or left to a person, never failed or repeated.
+                    settled = self.settle_in_doubt(tool, x.state.steps[step_id], plan.values)
+                    if not settled.run:
+                        return settled.value
                 failure = exc if isinstance(exc, Exception) else RuntimeError(
                     f"{tool.name} tried to exit the process (SystemExit {exc.code!r})")
             else:
@@ -323,7 +329,7 @@ class Calls:
             failed = ev.StepFailed(step_id=step_id, attempt=start.attempt, error=info, final=True)
             rec = x.state.steps.get(step_id)
             x.append([failed] if rec is not None and rec.in_flight else [start, failed])
-            raise step_error(tool.name, info, x.run_id, step_id) from None
+            raise step_error(tool.name, x.recorded_error(step_id), x.run_id, step_id) from None
         x.append([done])  # idempotent: one event, one durable write for the whole step
         return tool.decode_result(result_json)
 
@@ -345,7 +351,7 @@ class Calls:
         if delay is not None and x.telemetry.meter is not None:
             x.telemetry.retries.add(1, {"gen_ai.tool.name": tool.name})
         if delay is None:
-            raise step_error(tool.name, info, x.run_id, step_id)
+            raise step_error(tool.name, x.recorded_error(step_id), x.run_id, step_id)
         return delay
 
     def timed_out_in_doubt(self, tool: Tool[Any, Any], step_id: int, exc: ToolTimeout) -> None:

@@ -138,8 +138,8 @@ class Execution:
         self.last_appended = batch[-1]
         if update.status is not None:
             self.indexed_status = update.status
-        for event in batch:
-            self.state.apply(event)
+        for event, kept in zip(batch, stored, strict=True):
+            self.state.apply(self.sealer.as_recorded(event, kept))
         if self.listener is not None:
             self.listener(self.run_id, stored)
 
@@ -152,6 +152,13 @@ class Execution:
         if isinstance(event, ev.RunStarted | ev.RunCompleted):
             return self.workflow_hints
         return NO_HINTS
+
+    def recorded_error(self, step_id: int) -> ev.ErrorInfo:
+        """A step's failure as the journal holds it (its text redacted): what the workflow is
+        told, live or on replay alike."""
+        rec = self.state.steps.get(step_id)
+        assert rec is not None and rec.error is not None
+        return rec.error
 
     def buffer(self, event: ev.Event) -> None:
         """Keep a side-effect-free event to be written with the next append."""

@@ -193,8 +193,8 @@ class Guard:
             self.x.telemetry.denials.add(1, {"gen_ai.tool.name": tool.name})
         info = ev.ErrorInfo(type="PolicyDenied", message=message, code=PolicyDenied.code)
         self.x.append([decided, ev.StepFailed(step_id=step_id, attempt=attempt, error=info, final=True)])
-        return PolicyDenied(message, policies=verdict.policies, error_type="PolicyDenied",
-                            run_id=self.x.run_id, step_id=step_id)
+        return PolicyDenied(self.x.recorded_error(step_id).message, policies=verdict.policies,
+                            error_type="PolicyDenied", run_id=self.x.run_id, step_id=step_id)
 
     def request(self, step_id: int, *, title: str, tool: str | None, args_json: dict[str, Any],
                 policies: tuple[str, ...], approvers: tuple[str, ...], expires_after: float | None,
@@ -277,5 +277,5 @@ class Guard:
         message = f"approval for {tool_name} was denied {who}: {approval.reason}"
         info = ev.ErrorInfo(type="ApprovalDenied", message=message, code=ApprovalDenied.code)
         self.x.append([ev.StepFailed(step_id=step_id, attempt=0, error=info, final=True)])
-        return ApprovalDenied(message, policies=tuple(approval.request.policies), error_type="ApprovalDenied",
-                              run_id=self.x.run_id, step_id=step_id)
+        return ApprovalDenied(self.x.recorded_error(step_id).message, policies=tuple(approval.request.policies),
+                              error_type="ApprovalDenied", run_id=self.x.run_id, step_id=step_id)

@@ -275,6 +275,17 @@ class Sealer:
             return event
         return kind.trusted(**{**event.__dict__, **changes})
 
+    def as_recorded(self, event: ev.Event, stored: ev.Event) -> ev.Event:
+        """``event`` with its free text as ``stored`` holds it (redacted): what a replay of the
+        run will read back, so that the live run sees the same (its values stay open)."""
+        if stored is event:
+            return event
+        changes = {name: stored.__dict__[name] for name in _TEXT.get(type(event), ())
+                   if stored.__dict__[name] != event.__dict__[name]}
+        if isinstance(event, _ERRORS) and stored.__dict__["error"] != event.__dict__["error"]:
+            changes["error"] = stored.__dict__["error"]
+        return type(event).trusted(**{**event.__dict__, **changes}) if changes else event
+
     def open(self, event: ev.Event) -> ev.Event:
         """``event`` with its sealed values decrypted, as the workflow first saw them."""
         fields = _DATA.get(type(event))
