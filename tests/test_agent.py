@@ -7,11 +7,11 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
 
-from baton import Baton, BudgetExceeded, Context, Limits, RunStatus, tool, workflow
+from baton import Baton, BudgetExceeded, Context, Limits, RunStatus, Sensitive, tool, workflow
 from baton.agent import (
     AgentLimits,
     Model,
@@ -455,3 +455,35 @@ def test_a_failure_is_told_to_the_model_as_recorded_so_a_resumed_run_rebuilds_th
     (failed,) = of_type(plain, record.run_id, ev.StepFailed)
     assert "dana@example.com" not in told.content and "‹email›" in told.content
     assert failed.error.message in told.content
+
+
+@tool(idempotent=True, sensitive=["diagnoses"])
+def update_employee(employee_id: str, salary: Annotated[float, Sensitive]) -> dict[str, Any]:
+    """Update an employee's record."""
+    return {"employee_id": employee_id, "diagnoses": ["diabetes"]}
+
+
+@tool(idempotent=True, resource="Order::{order_id}")
+def issue_refund(order_id: str, amount: float) -> str:
+    """Refund an order (held for a manager over $100)."""
+    return f"T-{order_id}"
+
+
+def test_what_a_tool_declares_sensitive_stays_sealed_in_the_model_steps_facts_and_evidence(
+        governed: Baton, tmp_path: Path) -> None:
+    model = ScriptedModel([call("update_employee", employee_id="E1", salary=185000.0),
+                           call("issue_refund", order_id="7", amount=150.0), say("done")])
+    wf = agent("helper", instructions="HR and refunds.", model=model, tools=[update_employee, issue_refund])
+    run_id = governed.start(wf, goal="Update E1 and refund order 7", principal="alice")
+    assert governed.drive(run_id).waiting_for == "approval"
+    (request,) = governed.approvals()
+    governed.decide(request.approval_id, principal="bob", approve=True, reason="ok")
+    assert governed.drive(run_id).status is RunStatus.COMPLETED
+    assert "185000" in model.calls[1].system and "diabetes" in model.calls[1].system  # the model saw them
+    assert request.evidence["facts"][0]["args"]["salary"] == "‹sensitive›"
+    assert governed.result(run_id)["facts"][0]["result"]["diagnoses"] == "‹sensitive›"
+    with sqlite3.connect(tmp_path / "b.db") as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    stored = (tmp_path / "b.db").read_bytes()
+    assert b"185000" not in stored and b"diabetes" not in stored

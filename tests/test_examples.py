@@ -150,7 +150,7 @@ def test_the_temporary_password_reaches_the_user_and_nothing_else(helpdesk: Told
         assert all(password not in row.data for row in b.journal(run_id))
     raw = helpdesk.raw_database()
     assert password.encode() not in raw
-    assert password not in helpdesk.output and "‹secret›" in helpdesk.output
+    assert password not in helpdesk.output and "temporary_password=\"‹sensitive›\"" in helpdesk.output
     # The phone number on file was never declared sensitive: a detector found it.
     assert b"+1 415 555 0142" not in raw and "+1 415 555 0142" not in helpdesk.output
 

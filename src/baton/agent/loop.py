@@ -23,6 +23,7 @@ from opentelemetry import trace
 
 from ..engine.context import Context
 from ..errors import ApprovalDenied, BatonError, PolicyDenied, StepError, ToolValidationError, UsageError
+from ..sensitive import mask_of, masked
 from ..tools import RetryPolicy, Tool
 from ..workflows import Workflow
 from .context import ContextBudget, ContextBuilder, Fact, Transcript, Turn
@@ -131,14 +132,20 @@ class Agent:
             self._tools = found
         return self._tools
 
+    def sensitive_names(self) -> frozenset[str]:
+        """Every key a tool of the agent declares sensitive: the model's proposed calls and
+        the facts carry the same arguments and results, and are sealed by the same names."""
+        return frozenset().union(*(t.hints.names for t in self.toolset().values()))
+
     def model_steps(self, model: Model) -> tuple[Tool[Any, Any], Tool[Any, Any], Tool[Any, Any]]:
         """The steps that call ``model``: a turn, the plan and a summary."""
         steps = self._models.get(model.name)
         if steps is None:
+            names = self.sensitive_names()
             steps = self._models[model.name] = (
-                model_step(model, "model", self.model_retries),
-                model_step(model, "model.plan", self.model_retries),
-                model_step(model, "model.summary", self.model_retries),
+                model_step(model, "model", self.model_retries, names),
+                model_step(model, "model.plan", self.model_retries, names),
+                model_step(model, "model.summary", self.model_retries, names),
             )
         return steps
 
@@ -199,7 +206,7 @@ def request_digest(request: ModelRequest) -> str:
     return hashlib.sha256(request.model_dump_json().encode()).hexdigest()
 
 
-def model_step(model: Model, name: str, retries: int) -> Tool[Any, Any]:
+def model_step(model: Model, name: str, retries: int, sensitive: Iterable[str] = ()) -> Tool[Any, Any]:
     """A model call as a tool the runtime journals: idempotent (asking again is harmless,
     so one durable append per call), retried with backoff on transient errors, not
     governed by policy (it acts on nothing), counted against the run's step and token limits."""
@@ -218,6 +225,7 @@ def model_step(model: Model, name: str, retries: int) -> Tool[Any, Any]:
         return response.model_dump(mode="json")
 
     return Tool(fn=complete, name=name, idempotent=True, read_only=True, governed=False, model=model.name,
+                sensitive=tuple(sorted(sensitive)),
                 description=f"a call to {model.name}",
                 retry=RetryPolicy(retries=retries, backoff=1.0, max_backoff=20.0,
                                   retry_on=(ModelError, OSError, TimeoutError)),
@@ -236,6 +244,10 @@ class _Loop:
         self.builder = ContextBuilder(spec.context, specs, spec.max_output_tokens, spec.temperature)
         instructions = spec.instructions.strip() + "\n\n" + GUIDANCE
         self.transcript = Transcript(instructions=instructions, goal=goal)
+        self.names = spec.sensitive_names()
+        self.shown_facts: list[dict[str, Any]] = []
+        """The facts as they may be shown and stored outside their own steps (approval
+        evidence, the run's result): sensitive values masked."""
         self.tokens = 0
         self.spend = 0.0
 
@@ -310,12 +322,10 @@ class _Loop:
             return error(f"there is no tool named {call.name!r}; the tools are: {known}"), True
         if not isinstance(call.args, dict):
             return error(f"the arguments of {call.name} must be a JSON object, not {type(call.args).__name__}"), True
-        recent = self.transcript.facts[-EVIDENCE_FACTS:]
         unnamed = _unnamed_resource(tool, call.args)
         if unnamed is not None:
             return error(unnamed), True
-        evidence = {"agent": self.spec.name, "model_says": reason,
-                    "facts": [f.model_dump(mode="json", exclude_none=True) for f in recent]}
+        evidence = {"agent": self.spec.name, "model_says": reason, "facts": self.shown_facts[-EVIDENCE_FACTS:]}
         try:
             with self.ctx.evidence(evidence):
                 self.ctx.call(tool, **call.args)
@@ -331,12 +341,18 @@ class _Loop:
         rec = x.state.steps[x.position]
         approval = rec.approval
         if approval is not None and approval.status == "approved":
-            self.transcript.pin(Fact(step=rec.step_id, kind="approval", tool=tool.name, args=rec.args,
-                                     by=approval.by))
+            self.pin(tool, Fact(step=rec.step_id, kind="approval", tool=tool.name, args=rec.args, by=approval.by))
         if not tool.read_only or tool.name in self.spec.pin:
-            self.transcript.pin(Fact(step=rec.step_id, kind="tool", tool=tool.name, args=rec.args,
-                                     result=rec.result))
+            self.pin(tool, Fact(step=rec.step_id, kind="tool", tool=tool.name, args=rec.args, result=rec.result))
         return ToolResult(id=call.id, content=rec.result), False
+
+    def pin(self, tool: Tool[Any, Any], fact: Fact) -> None:
+        """Pin ``fact`` for the model (in full), and keep a masked copy for everything else."""
+        self.transcript.pin(fact)
+        shown = fact.model_dump(mode="json", exclude_none=True)
+        if tool.hints.result and "result" in shown:
+            shown["result"] = mask_of("sensitive")
+        self.shown_facts.append(masked(self.ctx._x.sealer.seal_data(shown, self.names | tool.hints.names)))
 
     def use_memory(self, call: ToolCall, namespace: str) -> tuple[ToolResult, bool]:
         """``remember`` and ``recall``: journaled memory steps. What the model writes is
@@ -362,8 +378,7 @@ class _Loop:
     def result(self, stop: StopReason, answer: str | None) -> dict[str, Any]:
         t = self.transcript
         return {"answer": answer, "stop_reason": stop, "turns": len(t.turns), "tokens": self.tokens,
-                "spend": round(self.spend, 6), "plan": t.plan,
-                "facts": [f.model_dump(mode="json", exclude_none=True) for f in t.facts]}
+                "spend": round(self.spend, 6), "plan": t.plan, "facts": self.shown_facts}
 
 
 def _unnamed_resource(tool: Tool[Any, Any], args: dict[str, Any]) -> str | None:

@@ -223,13 +223,20 @@ class Execution:
             else:
                 self.append([ev.Compensated(step_id=step_id, name=tool.name, ok=True)])
 
-    def check_all_replayed(self) -> None:
+    def check_all_replayed(self, failure: BaseException | None = None) -> None:
         """A workflow that ends before reaching every step its journal holds is not the
-        code that made them (those steps' effects would be silently orphaned)."""
+        code that made them (those steps' effects would be silently orphaned). One that
+        raised on the way (an MCP server down while it replayed) says why."""
         if self.nondeterminism is not None:
             return
         later = sorted(s for s in self.state.steps if s > self.position)
-        if later:
+        if later and failure is not None:
+            rec = self.state.steps[later[0]]
+            self.nondeterminism = NonDeterminismError(
+                f"the workflow stopped at step {self.position} with {type(failure).__name__}: {failure}; its "
+                f"journal holds more steps ({rec.kind} {rec.name!r} next). If the cause has passed, resume the "
+                "run (baton resume RUN)", run_id=self.run_id, step_id=rec.step_id)
+        elif later:
             rec = self.state.steps[later[0]]
             self.nondeterminism = NonDeterminismError(
                 f"step {rec.step_id}: the journal holds {rec.kind} {rec.name!r} but the workflow "
@@ -261,7 +268,7 @@ class Execution:
             self.compensate()
             self.append([ev.RunCancelled(reason="cancelled on request")])
             return Outcome(RunStatus.CANCELLED)
-        self.check_all_replayed()
+        self.check_all_replayed(failure)
         if self.nondeterminism is not None:
             err = self.nondeterminism
             self.needs_attention(err.step_id or 0, err.message)
