@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import pytest
 
-from baton import Baton, BudgetExceeded, Context, Limits, RunStatus, Sensitive, tool, workflow
+from baton import Baton, BudgetExceeded, Context, Limits, RunStatus, Sensitive, UsageError, tool, workflow
 from baton.agent import (
     AgentLimits,
     Model,
@@ -487,3 +487,24 @@ def test_what_a_tool_declares_sensitive_stays_sealed_in_the_model_steps_facts_an
     conn.close()
     stored = (tmp_path / "b.db").read_bytes()
     assert b"185000" not in stored and b"diabetes" not in stored
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"model": "openai:gpt-4o-mini"}, "model must be a model object"),
+    ({"pin": ["lokup"]}, "pin names lokup, which is not one of its tools"),
+    ({"memory": "team"}, "memory namespace 'team' is not one of"),
+])
+def test_a_mistake_in_an_agents_declaration_is_one_clear_error_at_once(options: dict[str, Any], message: str) -> None:
+    kwargs: dict[str, Any] = {"model": ScriptedModel([say("hi")]), "tools": [lookup, refund], **options}
+    with pytest.raises(UsageError, match=message):
+        agent("helper", instructions="Help.", **kwargs)
+
+
+def test_memory_the_model_cannot_write_goes_back_to_it_as_an_error(plain: Baton) -> None:
+    model = ScriptedModel([call("remember", text="bad \x00 byte"), call("recall", query="anything"), say("ok")])
+    wf = agent("helper", instructions="Take notes.", model=model, tools=[lookup], memory="principal")
+    record = plain.run(wf, goal="Note things")  # a run without a principal: no principal memory
+    assert record.status is RunStatus.COMPLETED, record
+    told = [m.messages[-1].tool_results[0] for m in model.calls[1:]]
+    assert all(t.is_error for t in told)
+    assert "NUL" in told[0].content and "has none" in told[1].content

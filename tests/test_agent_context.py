@@ -89,7 +89,7 @@ def test_two_hundred_turns_later_the_refund_is_still_a_fact() -> None:
     for number in range(1, 201):
         t.turns.append(turn(number, ["chatter " * 40]))
         request, report = builder.build(t, number + 1, summarise)
-    assert '"txn_id": "TX-42"' in request.system and "never redo" in request.system
+    assert '"txn_id": "TX-42"' in request.system and "Never redo" in request.system
     assert report.turns_summarised > 180 and len(summarise.asked) > 10
     # A summary is asked of the previous summary plus the turns it now folds in.
     assert summarise.asked[-1].messages[0].text.startswith("Summary so far:")
@@ -131,3 +131,13 @@ def test_the_builder_makes_the_same_request_from_the_same_transcript() -> None:
         return json.dumps(request.model_dump(mode="json"), sort_keys=True)
 
     assert build() == build()
+
+
+def test_a_fact_with_a_large_result_is_cut_so_it_cannot_fill_the_context() -> None:
+    builder = ContextBuilder(ContextBudget(max_tokens=2000, summary_tokens=200), TOOLS)
+    t = Transcript(instructions="Export reports.", goal="Export the report.")
+    t.pin(Fact(step=2, kind="tool", tool="export", args={"report": "Q3"},
+               result={"export_id": "EX-9", "body": "row," * 20_000}))
+    request, report = builder.build(t, 2, Summariser(10))
+    assert '"export_id": "EX-9"' in request.system and "characters]" in request.system
+    assert report.tokens <= 2000

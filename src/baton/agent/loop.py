@@ -23,6 +23,7 @@ from opentelemetry import trace
 
 from ..engine.context import Context
 from ..errors import ApprovalDenied, BatonError, PolicyDenied, StepError, ToolValidationError, UsageError
+from ..memory.entries import resolve_namespace
 from ..sensitive import mask_of, masked
 from ..tools import RetryPolicy, Tool
 from ..workflows import Workflow
@@ -366,11 +367,14 @@ class _Loop:
             usage = ('{"text": "..."}' if call.name == "remember" else '{"query": "...", "limit": 1-20}')
             return ToolResult(id=call.id, content=f"invalid arguments for {call.name}, expected {usage}",
                               is_error=True), True
-        if call.name == "remember":
-            entry_id = self.ctx.remember(text, namespace=namespace, trusted=False, source="agent")
-            return ToolResult(id=call.id, content={"remembered": entry_id}), False
-        assert isinstance(limit, int)  # checked above
-        found = self.ctx.recall(text, limit=limit, namespace=namespace)
+        try:
+            if call.name == "remember":
+                entry_id = self.ctx.remember(text, namespace=namespace, trusted=False, source="agent")
+                return ToolResult(id=call.id, content={"remembered": entry_id}), False
+            assert isinstance(limit, int)  # checked above
+            found = self.ctx.recall(text, limit=limit, namespace=namespace)
+        except UsageError as exc:  # the model's text (too long, a NUL), or a run without a principal
+            return ToolResult(id=call.id, content=f"{call.name} was not done: {exc.message}", is_error=True), True
         return ToolResult(id=call.id, content=[
             {"text": e.text, "data": e.data, "trusted": e.trusted, "source": e.source, "run": e.run_id}
             for e in found]), False
@@ -422,7 +426,18 @@ def agent(name: str, *, instructions: str, model: Model, tools: Iterable[Tool[An
     """
     if not name.isidentifier():
         raise UsageError(f"agent name {name!r} must be a Python identifier (the name it is assigned to)")
-    spec = Agent(name=name, instructions=instructions, model=model, tools=tuple(tools),
+    if not isinstance(model, Model):
+        raise UsageError(f"agent {name}: model must be a model object (ScriptedModel, BedrockModel, OpenAIModel, …), "
+                         f"not {type(model).__name__}; for a spec such as 'bedrock:…' use model_from_spec(spec)")
+    if memory is not None:
+        resolve_namespace(memory, "-")  # its form; whether the run has a principal is known when it runs
+    tools = tuple(tools)
+    known = {t.name for t in tools if isinstance(t, Tool)}
+    unknown = set(pin) - known
+    if unknown and all(isinstance(t, Tool) for t in tools):
+        raise UsageError(f"agent {name}: pin names {', '.join(sorted(unknown))}, which is not one of its tools "
+                         f"({', '.join(sorted(known)) or 'none'})")
+    spec = Agent(name=name, instructions=instructions, model=model, tools=tools,
                  limits=limits or AgentLimits(), context=context or ContextBudget(), plan=plan,
                  pin=frozenset(pin), model_retries=model_retries, max_output_tokens=max_output_tokens,
                  temperature=temperature, memory=memory)
