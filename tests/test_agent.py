@@ -501,10 +501,13 @@ def test_a_mistake_in_an_agents_declaration_is_one_clear_error_at_once(options: 
 
 
 def test_memory_the_model_cannot_write_goes_back_to_it_as_an_error(plain: Baton) -> None:
-    model = ScriptedModel([call("remember", text="bad \x00 byte"), call("recall", query="anything"), say("ok")])
-    wf = agent("helper", instructions="Take notes.", model=model, tools=[lookup], memory="principal")
-    record = plain.run(wf, goal="Note things")  # a run without a principal: no principal memory
-    assert record.status is RunStatus.COMPLETED, record
-    told = [m.messages[-1].tool_results[0] for m in model.calls[1:]]
+    told = []
+    for namespace, first in (("tenant", call("remember", text="bad \x00 byte")),
+                             ("principal", call("recall", query="anything"))):
+        model = ScriptedModel([first, say("ok")])
+        wf = agent("helper", instructions="Take notes.", model=model, tools=[lookup], memory=namespace)
+        record = plain.run(wf, goal="Note things")  # a run without a principal: no principal memory
+        assert record.status is RunStatus.COMPLETED, record
+        told.append(model.calls[1].messages[-1].tool_results[0])
     assert all(t.is_error for t in told)
     assert "NUL" in told[0].content and "has none" in told[1].content
