@@ -511,3 +511,18 @@ def test_memory_the_model_cannot_write_goes_back_to_it_as_an_error(plain: Baton)
         told.append(model.calls[1].messages[-1].tool_results[0])
     assert all(t.is_error for t in told)
     assert "NUL" in told[0].content and "has none" in told[1].content
+
+
+@pytest.mark.parametrize(("stop", "expected"), [("max_tokens", "cut_off"), ("content_filtered", "content_filtered")])
+def test_a_reply_the_model_did_not_finish_is_not_taken_for_an_answer(plain: Baton, stop: str, expected: str) -> None:
+    inner = ScriptedModel([say("Let me first check the order and then I will call issue_ref")])
+
+    class Cut:
+        name = "cut:test"
+
+        def complete(self, request: ModelRequest) -> ModelResponse:
+            return inner.complete(request).model_copy(update={"stop_reason": stop})
+
+    run_id, record = run_agent(plain, Cut())
+    result = plain.result(run_id)
+    assert record.status is RunStatus.COMPLETED and result["stop_reason"] == expected

@@ -508,3 +508,6 @@ def test_a_runtime_without_an_embedder_stores_no_vectors(tmp_path: Path) -> None
         assert plain.result(run_id) == ["The parcel arrived damaged"]
         assert all(e.embedding is None for e in rows_of_run(plain, run_id))
 
+
+def test_a_principal_whose_id_holds_a_slash_cannot_reach_another_principals_shelf() -> None:
+    assert resolve_namespace("principal/notes", "alice") != resolve_namespace("principal", "alice/notes")

@@ -250,6 +250,29 @@ def test_empty_arguments_mean_no_arguments(endpoint: FakeEndpoint) -> None:
     assert call.args == {} and call.error is None
 
 
+def test_arguments_sent_as_an_object_or_null_and_null_usage_are_read(endpoint: FakeEndpoint) -> None:
+    """Some compatible servers (Ollama) send arguments as an object, or null, and usage counts as null."""
+    body = _completion(None, tool_calls=[("c1", "lookup", ""), ("c2", "now", "")], finish_reason="tool_calls")
+    body["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] = {"order_id": "1"}
+    body["choices"][0]["message"]["tool_calls"][1]["function"]["arguments"] = None
+    body["usage"] = {"prompt_tokens": None, "completion_tokens": None, "total_tokens": None}
+    endpoint.replies.append(Reply(body=body))
+    response = endpoint.model().complete(_ask())
+    assert [(c.name, c.args, c.error) for c in response.tool_calls] == [("lookup", {"order_id": "1"}, None),
+                                                                        ("now", {}, None)]
+    assert response.usage.total == 0
+
+
+def test_a_reply_off_the_wire_format_is_a_model_error_not_a_crash(endpoint: FakeEndpoint) -> None:
+    endpoint.replies.append(Reply(body={"id": "x", "object": "chat.completion", "created": 1, "model": "m",
+                                        "choices": [{"index": 0, "message": {"role": "assistant", "tool_calls": [
+                                            {"id": "c1", "type": "function", "function": {"arguments": "{}"}}]},
+                                                     "finish_reason": "tool_calls"}]}))
+    with pytest.raises(ModelError, match="answered in a form Baton cannot read") as caught:
+        endpoint.model().complete(_ask())
+    assert not caught.value.retryable
+
+
 @pytest.mark.parametrize(("finish_reason", "stop_reason"), [
     ("function_call", "tool_use"), ("content_filter", "content_filtered"), ("eos", "other"),
 ])

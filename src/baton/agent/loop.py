@@ -23,6 +23,7 @@ from opentelemetry import trace
 
 from ..engine.context import Context
 from ..errors import ApprovalDenied, BatonError, PolicyDenied, StepError, ToolValidationError, UsageError
+from ..journal import canonical_json
 from ..memory.entries import resolve_namespace
 from ..sensitive import mask_of, masked
 from ..tools import RetryPolicy, Tool
@@ -31,7 +32,9 @@ from .context import ContextBudget, ContextBuilder, Fact, Transcript, Turn
 from .messages import Message, ModelRequest, ModelResponse, ToolCall, ToolResult, ToolSpec
 from .models import Model, ModelError, model_from_spec
 
-StopReason = Literal["answer", "max_turns", "max_tokens", "max_spend"]
+StopReason = Literal["answer", "max_turns", "max_tokens", "max_spend", "cut_off", "content_filtered"]
+"""Why the loop ended: an answer, one of the agent's limits, or a final reply the model did
+not finish (``cut_off``: it hit its output limit) or the provider withheld."""
 
 
 class AgentError(BatonError):
@@ -204,7 +207,9 @@ async def ask_model_async(ctx: Context, model: Model, request: ModelRequest) -> 
 
 
 def request_digest(request: ModelRequest) -> str:
-    return hashlib.sha256(request.model_dump_json().encode()).hexdigest()
+    """SHA-256 of the request's canonical JSON: the same for the same context, whichever
+    process rebuilt it (recorded values come back with their keys sorted)."""
+    return hashlib.sha256(canonical_json(request.model_dump(mode="json")).encode()).hexdigest()
 
 
 def model_step(model: Model, name: str, retries: int, sensitive: Iterable[str] = ()) -> Tool[Any, Any]:
@@ -291,6 +296,10 @@ class _Loop:
             calls = response.tool_calls
             if not calls:
                 t.turns.append(Turn(turn, response.message))
+                if response.stop_reason == "max_tokens":  # not an answer: the reply was cut off
+                    return self.result("cut_off", response.text or None)
+                if response.stop_reason == "content_filtered":
+                    return self.result("content_filtered", response.text or None)
                 return self.result("answer", response.text)
             results: list[ToolResult] = []
             malformed = 0

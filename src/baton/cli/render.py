@@ -64,7 +64,7 @@ def model_line(sid: int, name: str, args: dict[str, Any], result: Any) -> str | 
             or not isinstance(result.get("message"), dict):
         return None
     parts = [p for p in result["message"].get("content", []) if isinstance(p, dict)]
-    text = _one_line(" ".join(str(p.get("text", "")) for p in parts if p.get("type") == "text"), 160)
+    text = _one_line(" ".join(str(masked(p.get("text", ""))) for p in parts if p.get("type") == "text"), 160)
     usage: dict[str, Any] = result["usage"] if isinstance(result.get("usage"), dict) else {}
     tokens = int(usage.get("input_tokens", 0)) + int(usage.get("output_tokens", 0))
     if name == "model.plan":

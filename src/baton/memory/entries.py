@@ -112,7 +112,9 @@ def resolve_namespace(scope: str, principal: str | None) -> str:
     if not principal:
         raise UsageError(f"memory namespace {scope!r} belongs to the run's principal, and this run has none: start it "
                          "with principal=..., or use namespace='tenant'")
-    return f"principal:{principal}" + (f"/{shelf}" if shelf else "")
+    # A principal's id may hold "/": escaped, so that "principal/notes" of alice is never
+    # "principal" of a principal named "alice/notes".
+    return f"principal:{principal.replace('%', '%25').replace('/', '%2F')}" + (f"/{shelf}" if shelf else "")
 
 
 def check_text(text: Any, what: str = "memory text") -> str:

@@ -102,7 +102,13 @@ class OpenAIModel:
                 completion = self._create(client, params, request.max_tokens)
         except openai.APIError as e:
             raise self._error(e) from e
-        return self._response(completion)
+        try:
+            return self._response(completion)
+        except ModelError:
+            raise
+        except Exception as e:  # a reply off the wire format (an HTML page, odd fields)
+            raise ModelError(f"model {self.name} at {self._host()} answered in a form Baton cannot read: "
+                             f"{type(e).__name__}: {e}"[:1000], retryable=False) from e
 
     def _create(self, client: Any, params: dict[str, Any], max_tokens: int) -> ChatCompletion:
         result: ChatCompletion = client.chat.completions.create(
@@ -161,8 +167,8 @@ class OpenAIModel:
                 parts.append(ToolCall(id=call.id, name=call.custom.name, args=call.custom.input,
                                       error="arguments are not a JSON object: a custom (free-text) tool call"))
         usage = TokenUsage(
-            input_tokens=completion.usage.prompt_tokens if completion.usage else 0,
-            output_tokens=completion.usage.completion_tokens if completion.usage else 0,
+            input_tokens=(completion.usage.prompt_tokens or 0) if completion.usage else 0,
+            output_tokens=(completion.usage.completion_tokens or 0) if completion.usage else 0,
         )
         return ModelResponse(
             message=Message(role="assistant", content=tuple(parts)),
@@ -216,11 +222,14 @@ def _tool_message(result: ToolResult) -> dict[str, Any]:
     return {"role": "tool", "tool_call_id": result.id, "content": content}
 
 
-def _tool_call(call_id: str, name: str, arguments: str) -> ToolCall:
+def _tool_call(call_id: str, name: str, arguments: Any) -> ToolCall:
     """A tool call whose arguments did not parse to an object still becomes a call, with
     ``error`` set, so that Baton hands the problem back to the model instead of failing."""
-    if not arguments.strip():  # some servers send "" for a tool without parameters
+    if isinstance(arguments, dict):  # some servers (Ollama) send an object, not its JSON
+        return ToolCall(id=call_id, name=name, args=arguments)
+    if arguments is None or not str(arguments).strip():  # "" or null for a tool without parameters
         return ToolCall(id=call_id, name=name, args={})
+    arguments = str(arguments)
     try:
         args = json.loads(arguments)
     except json.JSONDecodeError as e:
