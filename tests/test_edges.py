@@ -329,6 +329,38 @@ def test_a_run_whose_workflow_signature_changed_needs_attention(settings: Settin
         assert len(of_type(b, run_id, ev.NeedsAttention)) == 1
 
 
+@pytest.mark.timeout(60)
+def test_a_run_that_needs_attention_taken_over_from_a_dead_owner_asks_only_once(
+        settings: Settings, tmp_path: Path) -> None:
+    """A worker killed after asking leaves the run with its lease; the worker that takes it
+    over replays to the same question and must not journal it again."""
+    @workflow
+    def approve(ctx: Context, order_id: str) -> str:
+        ctx.wait_for("go")
+        return order_id
+
+    @workflow
+    def approve_v2(ctx: Context, order_id: str, amount: int) -> str:
+        ctx.wait_for("go")
+        return f"{order_id}:{amount}"
+
+    with Baton(settings) as first:
+        run_id = first.start(approve, {"order_id": "o-1"})
+        assert first.drive(run_id).status is RunStatus.WAITING
+        ref = first.get_run(run_id).workflow_ref
+    with runtime(settings) as b:
+        b.register(approve_v2, ref=ref)
+        b.signal(run_id, "go", True)
+        assert finishes_within(PROMPTLY, lambda: b.drive(run_id)).status is RunStatus.NEEDS_ATTENTION
+        dead = dead_owner_id()
+        set_owner(db_path(tmp_path), run_id, dead, time.time() + 10_000)
+        finishes_within(PROMPTLY, lambda: b.worker().run(until_idle=True))
+        record = b.get_run(run_id)
+        assert record.status is RunStatus.NEEDS_ATTENTION and record.owner is None
+        assert len(of_type(b, run_id, ev.RunRecovered)) == 1
+        assert len(of_type(b, run_id, ev.NeedsAttention)) == 1
+
+
 # -- 6. called from inside a running event loop ----------------------------------------------
 
 

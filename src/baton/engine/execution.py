@@ -197,8 +197,9 @@ class Execution:
             raise RunCancelled("the run was cancelled", run_id=self.run_id, step_id=step_id)
 
     def needs_attention(self, step_id: int, reason: str) -> NoReturn:
-        last = self.last_appended
-        if not (isinstance(last, ev.NeedsAttention) and self.same_text(last.reason, reason)):
+        # Asked once: not again on every resume, nor after a takeover of the waiting run.
+        asked = self.state.attention
+        if asked is None or not self.same_text(asked, reason):
             self.append([ev.NeedsAttention(step_id=step_id, reason=reason)])
         raise Suspend()
 

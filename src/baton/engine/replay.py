@@ -70,6 +70,8 @@ class ReplayState:
     terminal: ev.Event | None = None
     last: ev.Event | None = None
     recoveries_since_progress: int = 0
+    attention: str | None = None
+    """The reason of the question put to a person since the run last made progress."""
 
     @classmethod
     def fold(cls, events: list[ev.Event]) -> ReplayState:
@@ -85,6 +87,9 @@ class ReplayState:
             handler(self, event)
         if type(event) in _PROGRESS:
             self.recoveries_since_progress = 0
+            self.attention = None
+        elif type(event) is ev.NeedsAttention:
+            self.attention = event.reason
         elif type(event) is ev.RunRecovered:
             self.recoveries_since_progress += 1
 
