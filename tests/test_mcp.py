@@ -394,6 +394,28 @@ def test_an_agent_uses_a_servers_tools_and_policy_refuses_the_destructive_one(
     assert shown["lookup_account"].parameters["properties"]["account_id"]["type"] == "string"
 
 
+def test_an_agent_whose_server_is_down_waits_for_it_and_a_resumed_run_needs_no_listing(
+        tmp_path: Path, server_log: Path, executed: Executed) -> None:
+    down = tmp_path / "down"
+    down.touch()
+    server = McpServer.stdio(sys.executable, [SERVER], env={"MCPAPP_LOG": str(server_log), "MCPAPP_DOWN": str(down)},
+                             timeout=10)
+    model = ScriptedModel([call("lookup_account", account_id="a7"), say("found")])
+    support = agent("support", instructions="You manage accounts.", model=model, tools=[server])
+    with server, Baton(make_settings(tmp_path, retry_wait=0.0)) as baton:
+        run_id = baton.start(support, goal="Look a7 up")
+        record = baton.drive(run_id)
+        assert record.status is RunStatus.SLEEPING, record  # a retry is due later, not a failure
+        (failed,) = of_type(baton, run_id, ev.StepFailed)
+        assert failed.error.type == "McpUnavailable" and not failed.final
+        down.unlink()
+        record = baton.drive(run_id, wait_for_timers=True)
+        assert record.status is RunStatus.COMPLETED, record
+        listed = [e for e in of_type(baton, run_id, ev.StepRan) if e.name == "tools.list"]
+        assert len(listed) == 1 and any(t["name"] == "lookup_account" for t in listed[0].result)  # type: ignore[union-attr]
+    assert [c["tool"] for c in executed()] == ["lookup_account"]
+
+
 def test_a_destructive_tool_waits_for_a_manager_and_then_runs_once(
         tmp_path: Path, accounts: McpServer, mounted: dict[str, McpTool], executed: Executed) -> None:
     policy = NOTHING_DESTRUCTIVE.replace('@id("nothing-destructive")', '@id("destructive-needs-a-manager")\n'

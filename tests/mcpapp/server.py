@@ -87,6 +87,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--http", type=int, metavar="PORT", help="serve streamable HTTP on this port")
     options = parser.parse_args()
+    down = os.environ.get("MCPAPP_DOWN")
+    if down and os.path.exists(down):  # "under maintenance": the server will not start
+        raise SystemExit(1)
     if options.http is None:
         app.run()
     else:

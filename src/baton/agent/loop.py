@@ -50,6 +50,21 @@ class ToolSource(Protocol):
     def tools(self) -> list[Tool[Any, Any]]: ...
 
 
+@runtime_checkable
+class ListedSource(ToolSource, Protocol):
+    """A tool source whose list of tools is JSON: the agent journals it (``listing``) and
+    mounts the tools from what it recorded (``tools_from``)."""
+
+    def listing(self) -> list[dict[str, Any]]: ...
+
+    def tools_from(self, listing: list[dict[str, Any]]) -> list[Tool[Any, Any]]: ...
+
+
+LISTING_RETRIES = 8
+"""Attempts to list a server's tools after the first, with backoff up to a minute: a server
+down when a run starts delays the run rather than failing it."""
+
+
 @dataclass(frozen=True, slots=True)
 class AgentLimits:
     """When the loop stops on its own. ``None`` means no limit. ``max_spend`` is what the
@@ -115,38 +130,53 @@ class Agent:
     memory: str | None = None
     """The long-term memory namespace the model may ``remember`` to and ``recall`` from
     (``"principal"``, ``"tenant"``, ``"tenant/faq"``); ``None``: no memory tools."""
-    _tools: dict[str, Tool[Any, Any]] | None = field(default=None, init=False, repr=False)
-    _models: dict[str, tuple[Tool[Any, Any], Tool[Any, Any], Tool[Any, Any]]] = field(
+    _models: dict[tuple[str, frozenset[str]], tuple[Tool[Any, Any], Tool[Any, Any], Tool[Any, Any]]] = field(
         default_factory=dict, init=False, repr=False)
+    _listings: dict[int, Tool[Any, Any]] = field(default_factory=dict, init=False, repr=False)
 
-    def toolset(self) -> dict[str, Tool[Any, Any]]:
-        """The agent's tools by name; tool sources (MCP servers) are asked once, on first use."""
-        if self._tools is None:
-            found: dict[str, Tool[Any, Any]] = {}
-            for item in self.tools:
-                for t in (item.tools() if isinstance(item, ToolSource) and not isinstance(item, Tool) else [item]):
-                    if not isinstance(t, Tool):
-                        raise UsageError(f"agent {self.name}: {t!r} is not a tool (decorate it with @tool)")
-                    if t.name in found and found[t.name] is not t:
-                        raise UsageError(f"agent {self.name}: two tools are named {t.name!r}")
-                    if self.memory is not None and t.name in MEMORY_TOOLS:
-                        raise UsageError(f"agent {self.name}: a tool is named {t.name!r}, like a memory tool; "
-                                         "rename it or give the agent no memory")
-                    found[t.name] = t
-            self._tools = found
-        return self._tools
+    def toolset(self, ctx: Context | None = None) -> dict[str, Tool[Any, Any]]:
+        """The agent's tools by name. A server that can list its tools (an MCP server) is
+        asked in a journaled step of the run: retried with backoff while the server is down,
+        and read back from the journal on replay, so a resumed run needs no listing."""
+        found: dict[str, Tool[Any, Any]] = {}
+        for item in self.tools:
+            if isinstance(item, Tool):
+                mounted: list[Any] = [item]
+            elif ctx is not None and isinstance(item, ListedSource):
+                mounted = item.tools_from(ctx.call(self._listing_step(item)))
+            else:
+                mounted = list(item.tools())
+            for t in mounted:
+                if not isinstance(t, Tool):
+                    raise UsageError(f"agent {self.name}: {t!r} is not a tool (decorate it with @tool)")
+                if t.name in found and found[t.name] is not t:
+                    raise UsageError(f"agent {self.name}: two tools are named {t.name!r}")
+                if self.memory is not None and t.name in MEMORY_TOOLS:
+                    raise UsageError(f"agent {self.name}: a tool is named {t.name!r}, like a memory tool; "
+                                     "rename it or give the agent no memory")
+                found[t.name] = t
+        return found
 
-    def sensitive_names(self) -> frozenset[str]:
-        """Every key a tool of the agent declares sensitive: the model's proposed calls and
-        the facts carry the same arguments and results, and are sealed by the same names."""
-        return frozenset().union(*(t.hints.names for t in self.toolset().values()))
+    def _listing_step(self, source: ListedSource) -> Tool[Any, Any]:
+        step = self._listings.get(id(source))
+        if step is None:
+            def list_tools() -> list[dict[str, Any]]:
+                return source.listing()
 
-    def model_steps(self, model: Model) -> tuple[Tool[Any, Any], Tool[Any, Any], Tool[Any, Any]]:
-        """The steps that call ``model``: a turn, the plan and a summary."""
-        steps = self._models.get(model.name)
+            step = self._listings[id(source)] = Tool(
+                fn=list_tools, name="tools.list", idempotent=True, read_only=True, governed=False,
+                description=f"list the tools of {source!r}",
+                retry=RetryPolicy(retries=LISTING_RETRIES, backoff=2.0, max_backoff=60.0))
+        return step
+
+    def model_steps(self, model: Model, names: frozenset[str]) -> tuple[Tool[Any, Any], Tool[Any, Any],
+                                                                          Tool[Any, Any]]:
+        """The steps that call ``model``: a turn, the plan and a summary. ``names``: every
+        key a tool of the run declares sensitive (the model's proposed calls carry the same
+        arguments, and are sealed by the same names)."""
+        steps = self._models.get((model.name, names))
         if steps is None:
-            names = self.sensitive_names()
-            steps = self._models[model.name] = (
+            steps = self._models[(model.name, names)] = (
                 model_step(model, "model", self.model_retries, names),
                 model_step(model, "model.plan", self.model_retries, names),
                 model_step(model, "model.summary", self.model_retries, names),
@@ -241,8 +271,9 @@ def model_step(model: Model, name: str, retries: int, sensitive: Iterable[str] =
 class _Loop:
     def __init__(self, spec: Agent, ctx: Context, model: Model, goal: str) -> None:
         self.spec, self.ctx, self.model = spec, ctx, model
-        self.tools = spec.toolset()
-        self.turn_step, self.plan_step, self.summary_step = spec.model_steps(model)
+        self.tools = spec.toolset(ctx)
+        self.names: frozenset[str] = frozenset().union(*(t.hints.names for t in self.tools.values()))
+        self.turn_step, self.plan_step, self.summary_step = spec.model_steps(model, self.names)
         specs = tuple(ToolSpec(name=t.name, description=t.description, parameters=_parameters(t))
                       for t in self.tools.values())
         if spec.memory is not None:
@@ -250,7 +281,6 @@ class _Loop:
         self.builder = ContextBuilder(spec.context, specs, spec.max_output_tokens, spec.temperature)
         instructions = spec.instructions.strip() + "\n\n" + GUIDANCE
         self.transcript = Transcript(instructions=instructions, goal=goal)
-        self.names = spec.sensitive_names()
         self.shown_facts: list[dict[str, Any]] = []
         """The facts as they may be shown and stored outside their own steps (approval
         evidence, the run's result): sensitive values masked."""

@@ -184,7 +184,21 @@ class McpServer:
         server object. Raises :class:`McpUnavailable` when the server cannot be started or
         reached, and :class:`~baton.errors.UsageError` for a name the server does not have.
         """
-        listed = {t.name: t for t in self._link.listing()}
+        return self._mount_all({t.name: t for t in self._link.listing()}, prefix, only, overrides)
+
+    def listing(self) -> list[dict[str, Any]]:
+        """The server's tools as JSON (what an agent journals before mounting them)."""
+        return [t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in self._link.listing()]
+
+    def tools_from(self, listing: list[dict[str, Any]], *, prefix: str | None = None,
+                   only: Iterable[str] | None = None,
+                   overrides: Mapping[str, ToolOptions] | None = None) -> list[McpTool]:
+        """Mount tools from a :meth:`listing` recorded earlier, without asking the server."""
+        listed = [mt.Tool.model_validate(item) for item in listing]
+        return self._mount_all({t.name: t for t in listed}, prefix, only, overrides)
+
+    def _mount_all(self, listed: dict[str, mt.Tool], prefix: str | None, only: Iterable[str] | None,
+                   overrides: Mapping[str, ToolOptions] | None) -> list[McpTool]:
         overrides = overrides or {}
         if isinstance(only, str):
             only = [only]
