@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -215,25 +216,38 @@ def _llm_step(model: Model) -> Tool[Any, Any]:
     return found[1]
 
 
-def _llm_args(request: ModelRequest) -> dict[str, Any]:
-    return {"turn": request.turn, "purpose": request.purpose, "request_sha256": request_digest(request)}
-
-
 def ask_model(ctx: Context, model: Model, request: ModelRequest) -> ModelResponse:
     """One model call as a journaled step, for a workflow written as code (``ctx.llm``)."""
-    token = _REQUEST.set(request)
-    try:
-        return ModelResponse.model_validate(ctx.call(_llm_step(model), **_llm_args(request)))
-    finally:
-        _REQUEST.reset(token)
+    return call_model_step(ctx, _llm_step(model), request)
 
 
 async def ask_model_async(ctx: Context, model: Model, request: ModelRequest) -> ModelResponse:
+    with _handed(request):
+        return ModelResponse.model_validate(await ctx.call(_llm_step(model), **_step_args(request)))
+
+
+def call_model_step(ctx: Context, step: Tool[Any, Any], request: ModelRequest,
+                    context: dict[str, Any] | None = None) -> ModelResponse:
+    """Make the model step ``step`` for ``request`` (served from the journal on replay)."""
+    with _handed(request):
+        return ModelResponse.model_validate(ctx.call(step, **_step_args(request, context)))
+
+
+@contextmanager
+def _handed(request: ModelRequest) -> Iterator[None]:
+    """Hand ``request`` to the model step about to run (its arguments name it by digest)."""
     token = _REQUEST.set(request)
     try:
-        return ModelResponse.model_validate(await ctx.call(_llm_step(model), **_llm_args(request)))
+        yield
     finally:
         _REQUEST.reset(token)
+
+
+def _step_args(request: ModelRequest, context: dict[str, Any] | None = None) -> dict[str, Any]:
+    args: dict[str, Any] = {"turn": request.turn, "purpose": request.purpose, "request_sha256": request_digest(request)}
+    if context is not None:
+        args["context"] = context
+    return args
 
 
 def request_digest(request: ModelRequest) -> str:
@@ -288,15 +302,7 @@ class _Loop:
         self.spend = 0.0
 
     def ask(self, step: Tool[Any, Any], request: ModelRequest, context: dict[str, Any] | None = None) -> ModelResponse:
-        args: dict[str, Any] = {"turn": request.turn, "purpose": request.purpose,
-                                "request_sha256": request_digest(request)}
-        if context is not None:
-            args["context"] = context
-        token = _REQUEST.set(request)
-        try:
-            response = ModelResponse.model_validate(self.ctx.call(step, **args))
-        finally:
-            _REQUEST.reset(token)
+        response = call_model_step(self.ctx, step, request, context)
         self.tokens += response.usage.total
         self.spend += response.cost
         return response
