@@ -5,9 +5,7 @@ reads the tool results it is sent and decides the next call from them."""
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ from baton import Baton, RunStatus, tool
 from baton.agent import BedrockModel, OpenAIModel, agent
 from baton.journal import events as ev
 from engine_support import make_settings, of_type
+from wire_support import Server, chat_completion
 
 refunds: list[tuple[str, float]] = []
 
@@ -34,42 +33,6 @@ def issue_refund(order_id: str, amount: float) -> dict[str, Any]:
     return {"txn_id": f"TX-{order_id}", "amount": amount}
 
 
-Brain = Callable[[dict[str, Any]], tuple[int, dict[str, Any]]]
-
-
-class Server:
-    """A local HTTP endpoint; ``brain`` turns each request body into (status, response body)."""
-
-    def __init__(self, brain: Brain) -> None:
-        self.bodies: list[dict[str, Any]] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.bodies.append(body)
-                status, answer = brain(body)
-                data = json.dumps(answer).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                if status == 429 and "output" not in answer and "choices" not in answer:
-                    self.send_header("x-amzn-ErrorType", "ThrottlingException")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.http.server_address[1]}"
-        threading.Thread(target=self.http.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.http.shutdown()
-        self.http.server_close()
-
-
 @pytest.fixture
 def baton(tmp_path: Path) -> Iterator[Baton]:
     refunds.clear()
@@ -83,20 +46,16 @@ def baton(tmp_path: Path) -> Iterator[Baton]:
 def openai_brain(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     """Look the order up, refund what was paid, then answer; throttle the first refund turn once."""
     results = {m["tool_call_id"]: json.loads(m["content"]) for m in body["messages"] if m["role"] == "tool"}
-    usage = {"prompt_tokens": 50, "completion_tokens": 10, "total_tokens": 60}
 
-    def answer(message: dict[str, Any], finish: str) -> tuple[int, dict[str, Any]]:
-        return 200, {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "fake-gpt",
-                     "choices": [{"index": 0, "message": {"role": "assistant", **message}, "finish_reason": finish}],
-                     "usage": usage}
+    def answer(message: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        return 200, chat_completion(message, model="fake-gpt", prompt_tokens=50, completion_tokens=10)
 
     def calls(name: str, args: dict[str, Any], call_id: str) -> tuple[int, dict[str, Any]]:
         return answer({"content": None, "tool_calls": [{"id": call_id, "type": "function",
-                                                        "function": {"name": name, "arguments": json.dumps(args)}}]},
-                      "tool_calls")
+                                                        "function": {"name": name, "arguments": json.dumps(args)}}]})
 
     if "refund" in results:
-        return answer({"content": f"Refunded {results['refund']['amount']} ({results['refund']['txn_id']})."}, "stop")
+        return answer({"content": f"Refunded {results['refund']['amount']} ({results['refund']['txn_id']})."})
     if "lookup" in results:
         if not openai_brain.throttled:  # type: ignore[attr-defined]
             openai_brain.throttled = True  # type: ignore[attr-defined]

@@ -9,13 +9,13 @@ import os
 import sqlite3
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from wire_support import Server, chat_completion
 
 
 def decide(body: dict[str, Any]) -> dict[str, Any]:
@@ -48,28 +48,10 @@ def decide(body: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture
 def endpoint() -> Iterator[str]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            message = {"role": "assistant", **decide(body)}
-            finish = "tool_calls" if message.get("tool_calls") else "stop"
-            data = json.dumps({"id": "c", "object": "chat.completion", "created": 1, "model": "fake-gpt",
-                               "choices": [{"index": 0, "message": message, "finish_reason": finish}],
-                               "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-    server.server_close()
+    server = Server(lambda body: (200, chat_completion(decide(body), model="fake-gpt", prompt_tokens=100,
+                                                       completion_tokens=20)))
+    yield f"{server.url}/v1"
+    server.close()
 
 
 def test_the_demo_runs_on_a_model_behind_the_openai_client(tmp_path: Path, endpoint: str) -> None:

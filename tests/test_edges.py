@@ -297,23 +297,29 @@ def test_cancelling_a_run_whose_workflow_file_is_gone_ends_it(tmp_path: Path) ->
 # -- 5. a waiting run whose workflow now wants other input ---------------------------------
 
 
-@pytest.mark.timeout(60)
-def test_a_run_whose_workflow_signature_changed_needs_attention(settings: Settings) -> None:
-    @workflow
-    def approve(ctx: Context, order_id: str) -> str:
-        ctx.wait_for("go")
-        return order_id
+@workflow
+def approve(ctx: Context, order_id: str) -> str:
+    ctx.wait_for("go")
+    return order_id
 
-    @workflow
-    def approve_v2(ctx: Context, order_id: str, amount: int) -> str:
-        ctx.wait_for("go")
-        return f"{order_id}:{amount}"
 
+@workflow
+def approve_v2(ctx: Context, order_id: str, amount: int) -> str:
+    ctx.wait_for("go")
+    return f"{order_id}:{amount}"
+
+
+def signature_changed(settings: Settings) -> tuple[str, str]:
+    """A run of ``approve`` left waiting; (its run id, the ref a newer ``approve_v2`` takes)."""
     with Baton(settings) as first:
         run_id = first.start(approve, {"order_id": "o-1"})
         assert first.drive(run_id).status is RunStatus.WAITING
-        ref = first.get_run(run_id).workflow_ref
+        return run_id, first.get_run(run_id).workflow_ref
 
+
+@pytest.mark.timeout(60)
+def test_a_run_whose_workflow_signature_changed_needs_attention(settings: Settings) -> None:
+    run_id, ref = signature_changed(settings)
     with runtime(settings) as b:
         b.register(approve_v2, ref=ref)
         b.signal(run_id, "go", True)
@@ -334,20 +340,7 @@ def test_a_run_that_needs_attention_taken_over_from_a_dead_owner_asks_only_once(
         settings: Settings, tmp_path: Path) -> None:
     """A worker killed after asking leaves the run with its lease; the worker that takes it
     over replays to the same question and must not journal it again."""
-    @workflow
-    def approve(ctx: Context, order_id: str) -> str:
-        ctx.wait_for("go")
-        return order_id
-
-    @workflow
-    def approve_v2(ctx: Context, order_id: str, amount: int) -> str:
-        ctx.wait_for("go")
-        return f"{order_id}:{amount}"
-
-    with Baton(settings) as first:
-        run_id = first.start(approve, {"order_id": "o-1"})
-        assert first.drive(run_id).status is RunStatus.WAITING
-        ref = first.get_run(run_id).workflow_ref
+    run_id, ref = signature_changed(settings)
     with runtime(settings) as b:
         b.register(approve_v2, ref=ref)
         b.signal(run_id, "go", True)

@@ -475,18 +475,25 @@ def test_a_server_that_died_between_calls_is_started_again_for_the_next(
                                                                         ("notes.add", True)]
 
 
-def test_a_read_only_call_cut_off_by_a_dying_server_is_retried_on_a_new_session(
-        baton: Baton, accounts: McpServer, mounted: dict[str, McpTool], executed: Executed) -> None:
-    mount(accounts, overrides={"wait": {"retries": 1, "backoff": 0.01}})
-
+def run_killing_the_server_mid_call(baton: Baton, executed: Executed) -> Any:
+    """Run the ``wait`` tool and SIGKILL the server once the call has reached it."""
     def kill_the_server_mid_call() -> None:
         wait_until(lambda: len(executed()) == 1)
         os.kill(executed()[0]["pid"], signal.SIGKILL)
 
     killer = threading.Thread(target=kill_the_server_mid_call)
     killer.start()
-    record = baton.run(call_tool, {"tool": "wait", "args": {"seconds": 1.0}})
-    killer.join()
+    try:
+        return baton.run(call_tool, {"tool": "wait", "args": {"seconds": 1.0}})
+    finally:
+        killer.join()
+
+
+def test_a_read_only_call_cut_off_by_a_dying_server_is_retried_on_a_new_session(
+        baton: Baton, accounts: McpServer, mounted: dict[str, McpTool], executed: Executed) -> None:
+    mount(accounts, overrides={"wait": {"retries": 1, "backoff": 0.01}})
+
+    record = run_killing_the_server_mid_call(baton, executed)
     assert record.status == RunStatus.COMPLETED and baton.result(record.run_id) == {"result": "done"}
     (lost,) = of_type(baton, record.run_id, ev.StepFailed)
     assert lost.error.type == "McpConnectionLost" and lost.error.retryable and not lost.final
@@ -499,14 +506,7 @@ def test_a_call_that_is_not_idempotent_cut_off_by_a_dying_server_is_in_doubt_not
         baton: Baton, accounts: McpServer, mounted: dict[str, McpTool], executed: Executed) -> None:
     mount(accounts, overrides={"wait": {"retries": 3, "backoff": 0.01, "idempotent": False, "read_only": False}})
 
-    def kill_the_server_mid_call() -> None:
-        wait_until(lambda: len(executed()) == 1)
-        os.kill(executed()[0]["pid"], signal.SIGKILL)
-
-    killer = threading.Thread(target=kill_the_server_mid_call)
-    killer.start()
-    record = baton.run(call_tool, {"tool": "wait", "args": {"seconds": 1.0}})
-    killer.join()
+    record = run_killing_the_server_mid_call(baton, executed)
     # It may have taken effect: neither a failure (a model would try again) nor a retry.
     assert record.status == RunStatus.NEEDS_ATTENTION, record
     assert of_type(baton, record.run_id, ev.StepFailed) == []
