@@ -89,7 +89,6 @@ class Execution:
         self.tools: dict[int, Tool[Any, Any]] = {}
         self.nondeterminism: NonDeterminismError | None = None
         self.abort: BatonError | None = None
-        self.last_appended: ev.Event | None = self.state.last
         self.telemetry = telemetry or _QUIET
         self.calls = Calls(self)
         self.evidence: Any = None
@@ -135,7 +134,6 @@ class Execution:
         except Exception as exc:  # the caller of execute() gets it back
             raise StoreFailed(exc) from exc
         self.head_seq, self.head_hash = rows[-1].seq, rows[-1].hash
-        self.last_appended = batch[-1]
         if update.status is not None:
             self.indexed_status = update.status
         for event, kept in zip(batch, stored, strict=True):

@@ -68,7 +68,6 @@ class ReplayState:
     started: ev.RunStarted | None = None
     steps: dict[int, StepRecord] = field(default_factory=dict)
     terminal: ev.Event | None = None
-    last: ev.Event | None = None
     recoveries_since_progress: int = 0
     attention: str | None = None
     """The reason of the question put to a person since the run last made progress."""
@@ -81,7 +80,6 @@ class ReplayState:
         return state
 
     def apply(self, event: ev.Event) -> None:
-        self.last = event
         handler = _HANDLERS.get(type(event))
         if handler is not None:
             handler(self, event)
